@@ -1,0 +1,74 @@
+"""The `zippy` console script.
+
+Each command lives in its own module exposing ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``. Commands that take a sub-command ("eval hpatches", "bench extract") are groups
+of such modules. Bad input (ValueError, FileNotFoundError) ends with a one-line message and exit
+code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# command name -> module (relative to this package)
+COMMANDS: dict[str, str] = {
+    "demo": "cmd_demo",
+    "info": "cmd_info",
+    "detect": "cmd_detect",
+    "match": "cmd_match",
+    "train": "cmd_train",
+    "export": "cmd_export",
+    "stream": "cmd_stream",
+    "make-hpatches-like": "cmd_make_hpatches_like",
+}
+# group name -> {sub-command name -> module}
+GROUPS: dict[str, dict[str, str]] = {
+    "eval": {"hpatches": "cmd_eval_hpatches", "localization": "cmd_eval_localization", "relpose": "cmd_eval_relpose"},
+    "bench": {"matcher": "cmd_bench_matcher", "extract": "cmd_bench_extract"},
+}
+
+
+def _add(sub: argparse._SubParsersAction, name: str, module_name: str) -> None:
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    parser = sub.add_parser(name, help=module.HELP, description=module.HELP)
+    module.add_arguments(parser)
+    parser.set_defaults(_run=module.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser of the `zippy` command."""
+    parser = argparse.ArgumentParser(prog="zippy", description="Fast binary keypoints on CPUs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module_name in COMMANDS.items():
+        _add(sub, name, module_name)
+    for group, members in GROUPS.items():
+        gp = sub.add_parser(group, help=f"{group}: {', '.join(members)}")
+        gsub = gp.add_subparsers(dest=f"{group}_command", metavar="NAME")
+        gsub.required = True
+        for name, module_name in members.items():
+            _add(gsub, name, module_name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        print(f"zippy {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"zippy {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Zippy evaluation pipelines and benchmarks (import name: zippy_eval)."""

@@ -1,0 +1,361 @@
+"""One registry of the feature methods that every evaluation uses (HPatches, localization, relpose, benchmarks).
+
+A method turns an RGB uint8 image into a :class:`zippy.features.Features` record with at most
+``max_keypoints`` keypoints, sorted by score (detector response) descending, and says whether its
+descriptors are binary (packed uint8, matched by Hamming distance) or float (matched by L2).
+
+Methods:
+    * "orb", "sift", "akaze", "brisk": OpenCV detectors + descriptors, OpenCV default parameters
+      except the keypoint budget (OpenCV 5 keeps AKAZE / BRISK in ``cv2.xfeatures2d``).
+    * "orb_teblid": ORB keypoints described by TEBLID (256 bits, scale factor 1.0 as OpenCV recommends
+      for ORB keypoints).
+    * "aliked": ``kornia.feature.ALIKED`` ("aliked-t16" by default, or ``model_name="aliked-n16"``) with
+      local weights (default ``../shared/teachers/aliked-t16.pth`` beside the repository), top-k mode.
+    * any zippy backbone (``zippy.available_models()``, e.g. "zippypoint", "kp2d") via ``zippy.load``.
+
+Budget rule for every method: keypoints are ranked by their response / score and the best
+``max_keypoints`` kept (OpenCV methods detect, describe, then keep the top ones, so keypoints dropped
+by the descriptor near the border do not shrink the budget).
+
+A method that cannot run here (no opencv-contrib, no weights file) raises
+:class:`MethodUnavailableError` from :func:`get_method` with the reason; pipelines record the reason
+and skip the method, never silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zippy.features import Features
+
+__all__ = [
+    "OPENCV_METHODS",
+    "Method",
+    "MethodUnavailableError",
+    "available_methods",
+    "default_aliked_weights",
+    "get_method",
+    "match_features",
+    "sha256_file",
+]
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OPENCV_METHODS = ("orb", "sift", "akaze", "brisk", "orb_teblid")
+ALIKED_MODELS = ("aliked-t16", "aliked-n16")
+
+
+class MethodUnavailableError(RuntimeError):
+    """The method exists but cannot run in this environment (missing weights, missing opencv-contrib)."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_aliked_weights(model_name: str = "aliked-t16") -> Path:
+    """``../shared/teachers/<model_name>.pth`` relative to the repository root."""
+    return REPO_ROOT.parent / "shared" / "teachers" / f"{model_name}.pth"
+
+
+class Method(ABC):
+    """A keypoint detector + descriptor.
+
+    Attributes:
+        name: registry name ("orb", "aliked", "zippypoint", ...).
+        binary: True for packed uint8 descriptors (Hamming matching), False for float32 (L2 matching).
+    """
+
+    name: str
+    binary: bool
+
+    @abstractmethod
+    def _extract(self, rgb: np.ndarray, max_keypoints: int) -> Features:
+        """Method-specific extraction on a validated RGB uint8 [H,W,3] image."""
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """Provenance: ``{"name", "binary", "version", "weights", "weights_sha256", "params"}``."""
+
+    def extract(self, image_rgb_uint8: np.ndarray, max_keypoints: int) -> Features:
+        """Detect and describe.
+
+        Args:
+            image_rgb_uint8: uint8 [H,W,3] RGB (gray [H,W] is accepted and replicated).
+            max_keypoints: keypoint budget (> 0); the highest-scoring keypoints are kept.
+
+        Returns:
+            Features with keypoints float32 [N,2] (x, y), scores float32 [N] sorted descending,
+            N <= max_keypoints, descriptors uint8 [N,B] (binary) or float32 [N,D].
+        """
+        from zippy.image import to_rgb_uint8
+
+        if int(max_keypoints) <= 0:
+            raise ValueError(f"max_keypoints must be a positive integer, got {max_keypoints!r}")
+        rgb = to_rgb_uint8(image_rgb_uint8)
+        feats = self._extract(rgb, int(max_keypoints))
+        return _top_k(feats, int(max_keypoints))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, binary={self.binary})"
+
+
+def _top_k(feats: Features, k: int) -> Features:
+    """Sort by score descending (stable) and keep the first ``k``."""
+    order = np.argsort(-feats.scores, kind="stable")[:k]
+    if len(order) == len(feats) and np.array_equal(order, np.arange(len(feats))):
+        return feats
+    return feats.subset(order)
+
+
+# ----------------------------------------------------------------------------------------------- OpenCV
+
+
+class OpenCVMethod(Method):
+    """OpenCV detector + descriptor; budget applied by keypoint response after description."""
+
+    def __init__(self, name: str) -> None:
+        import cv2
+
+        if name not in OPENCV_METHODS:
+            raise ValueError(f"unknown OpenCV method {name!r}; choose from {list(OPENCV_METHODS)}")
+        self.name = name
+        self.binary = name != "sift"
+        self._cv2 = cv2
+        needs_contrib = name in ("akaze", "brisk", "orb_teblid")
+        if needs_contrib:
+            self._contrib_factory()  # fail early with a clear reason
+
+    def _contrib_factory(self) -> Callable[..., Any]:
+        cv2 = self._cv2
+        attr = {"akaze": "AKAZE_create", "brisk": "BRISK_create", "orb_teblid": "TEBLID_create"}[self.name]
+        for module in (getattr(cv2, "xfeatures2d", None), cv2):
+            if module is not None and hasattr(module, attr):
+                return getattr(module, attr)
+        raise MethodUnavailableError(
+            f"{self.name}: cv2.xfeatures2d.{attr} not found in OpenCV {cv2.__version__}; "
+            "install opencv-contrib-python(-headless)"
+        )
+
+    def _params(self, max_keypoints: int | None = None) -> dict[str, Any]:
+        if self.name in ("orb", "orb_teblid"):
+            p: dict[str, Any] = {"detector": "ORB", "nfeatures": max_keypoints}
+            if self.name == "orb_teblid":
+                p.update(descriptor="TEBLID", scale_factor=1.0, n_bits=256)
+            return p
+        if self.name == "sift":
+            return {"detector": "SIFT", "nfeatures": max_keypoints}
+        return {"detector": self.name.upper(), "defaults": True}
+
+    def _extract(self, rgb: np.ndarray, max_keypoints: int) -> Features:
+        cv2 = self._cv2
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        h, w = gray.shape
+        if self.name == "orb":
+            kps, desc = cv2.ORB_create(nfeatures=max_keypoints).detectAndCompute(gray, None)
+        elif self.name == "sift":
+            kps, desc = cv2.SIFT_create(nfeatures=max_keypoints).detectAndCompute(gray, None)
+        elif self.name == "orb_teblid":
+            kps = cv2.ORB_create(nfeatures=max_keypoints).detect(gray, None)
+            teblid = self._contrib_factory()(1.0, cv2.xfeatures2d.TEBLID_SIZE_256_BITS)
+            kps, desc = teblid.compute(gray, kps)
+        else:
+            kps, desc = self._contrib_factory()().detectAndCompute(gray, None)
+        dim = {"sift": 128, "akaze": 61, "brisk": 64}.get(self.name, 32)
+        if not kps or desc is None:
+            return Features.empty((w, h), dim=dim, binary=self.binary)
+        pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
+        resp = np.array([k.response for k in kps], np.float32)
+        desc = np.asarray(desc, np.uint8 if self.binary else np.float32)
+        return Features(pts, resp, desc, (w, h), {"method": self.name})
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "binary": self.binary,
+            "version": f"opencv {self._cv2.__version__}",
+            "weights": None,
+            "weights_sha256": None,
+            "params": self._params(),
+        }
+
+
+# ----------------------------------------------------------------------------------------------- ALIKED
+
+
+class AlikedMethod(Method):
+    """kornia.feature.ALIKED with local weights, top-k mode (the ``max_keypoints`` strongest local maxima)."""
+
+    binary = False
+
+    def __init__(self, weights: str | os.PathLike | None = None, model_name: str = "aliked-t16") -> None:
+        if model_name not in ALIKED_MODELS:
+            raise ValueError(f"ALIKED model_name must be one of {list(ALIKED_MODELS)}, got {model_name!r}")
+        path = Path(weights) if weights is not None else default_aliked_weights(model_name)
+        if not path.is_file():
+            raise MethodUnavailableError(f"aliked: weights file not found: {path}")
+        import kornia
+        import torch
+        from kornia.feature import ALIKED
+
+        self.name = "aliked"
+        self.model_name = model_name
+        self.weights = path
+        self.weights_sha256 = sha256_file(path)
+        self._torch = torch
+        self._kornia_version = kornia.__version__
+        # top-k mode (threshold <= 0); the budget is set per call on the DKD head
+        model = ALIKED(model_name=model_name, max_num_keypoints=1000, detection_threshold=-1.0)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        bad_missing = [k for k in missing if not k.endswith("hw_grid")]
+        if bad_missing or unexpected:
+            raise ValueError(
+                f"aliked: {path} does not fit {model_name}: missing {bad_missing[:5]}, unexpected {list(unexpected)[:5]}"
+            )
+        self._model = model.eval()
+
+    def _extract(self, rgb: np.ndarray, max_keypoints: int) -> Features:
+        torch = self._torch
+        h, w = rgb.shape[:2]
+        self._model.dkd.top_k = max_keypoints
+        self._model.dkd.n_limit = max_keypoints
+        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255.0)
+        with torch.inference_mode():
+            out = self._model(x)[0]
+        return Features(
+            out.keypoints.numpy().astype(np.float32).reshape(-1, 2),
+            out.keypoint_scores.numpy().astype(np.float32).reshape(-1),
+            out.descriptors.numpy().astype(np.float32).reshape(len(out.keypoints), -1),
+            (w, h),
+            {"method": self.name},
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "binary": False,
+            "version": f"kornia {self._kornia_version}",
+            "weights": str(self.weights),
+            "weights_sha256": self.weights_sha256,
+            "params": {"model_name": self.model_name, "mode": "top-k", "nms_radius": self._model.nms_radius},
+        }
+
+
+# ----------------------------------------------------------------------------------------------- zippy
+
+
+class ZippyMethod(Method):
+    """A zippy backbone through ``zippy.load``."""
+
+    def __init__(self, name: str, weights: str | os.PathLike | None = None, engine: str = "auto") -> None:
+        import zippy
+
+        self.name = name
+        self._extractor = zippy.load(name, weights=weights, engine=engine)
+        self.binary = bool(self._extractor.binary)
+        self._weights = weights
+        self._version = zippy.__version__
+
+    def _extract(self, rgb: np.ndarray, max_keypoints: int) -> Features:
+        feats = self._extractor.extract(rgb, max_keypoints=max_keypoints)
+        feats.meta.setdefault("method", self.name)
+        return feats
+
+    def info(self) -> dict[str, Any]:
+        ex = self._extractor
+        return {
+            "name": self.name,
+            "binary": self.binary,
+            "version": f"zippy {self._version}",
+            "weights": str(self._weights) if self._weights is not None else "shipped",
+            "weights_sha256": getattr(ex, "weights_sha256", None),
+            "params": {"engine": getattr(ex, "engine", None), "trained": getattr(ex, "trained", None)},
+        }
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+
+def _zippy_models() -> list[str]:
+    """zippy backbones, or [] while zippy's registry does not exist yet (logged)."""
+    try:
+        import zippy
+
+        return list(zippy.available_models())
+    except (ImportError, AttributeError) as e:
+        logger.debug("zippy backbones not available yet: %s", e)
+        return []
+
+
+def available_methods() -> list[str]:
+    """All method names known to the registry (a name may still be unavailable here: see get_method)."""
+    return [*OPENCV_METHODS, "aliked", *_zippy_models()]
+
+
+def get_method(name: str, *, weights: str | os.PathLike | None = None, engine: str = "auto", **kw: Any) -> Method:
+    """Build a method by name.
+
+    Args:
+        name: one of :func:`available_methods`.
+        weights: weights file (ALIKED, zippy backbones); None takes the default.
+        engine: zippy engine ("auto", "int8", "fp32", "onnx"); ignored by the other methods.
+        **kw: method options; ALIKED takes ``model_name`` ("aliked-t16" or "aliked-n16").
+
+    Raises:
+        ValueError: unknown name (the message lists the choices) or unknown option.
+        MethodUnavailableError: the method cannot run here (the message says why).
+    """
+    key = name.strip().lower()
+    if key in OPENCV_METHODS:
+        if kw:
+            raise ValueError(f"{key} takes no options, got {sorted(kw)}")
+        return OpenCVMethod(key)
+    if key in ("aliked", *ALIKED_MODELS):
+        opts = dict(kw)
+        model_name = opts.pop("model_name", key if key in ALIKED_MODELS else "aliked-t16")
+        if opts:
+            raise ValueError(f"aliked options are ['model_name'], got {sorted(opts)}")
+        return AlikedMethod(weights=weights, model_name=model_name)
+    zippy_models = _zippy_models()
+    if key in zippy_models:
+        if kw:
+            raise ValueError(f"zippy backbone {key} takes weights and engine only, got {sorted(kw)}")
+        return ZippyMethod(key, weights=weights, engine=engine)
+    raise ValueError(f"unknown method {name!r}; choose from {available_methods()}")
+
+
+def match_features(f0: Features, f1: Features, *, mutual: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-neighbour matching: Hamming for packed binary descriptors, L2 for float ones.
+
+    Args:
+        f0, f1: features of two images with the same descriptor kind and width.
+        mutual: keep only mutual nearest neighbours.
+
+    Returns:
+        pairs int64 [K,2] (index in f0, index in f1) and distances [K].
+    """
+    if f0.is_binary != f1.is_binary or f0.descriptors.shape[1] != f1.descriptors.shape[1]:
+        raise ValueError(
+            f"descriptors differ: {f0.descriptors.dtype} {list(f0.descriptors.shape)} vs "
+            f"{f1.descriptors.dtype} {list(f1.descriptors.shape)}"
+        )
+    from zippy import matching
+
+    if f0.is_binary:
+        return matching.match_hamming(f0.descriptors, f1.descriptors, mutual=mutual)
+    return matching.match_l2(f0.descriptors, f1.descriptors, mutual=mutual)

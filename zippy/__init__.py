@@ -1,0 +1,50 @@
+"""Zippy: fast binary keypoint detection, description and matching on CPUs.
+
+Typical use::
+
+    import zippy
+    extractor = zippy.load("zippypoint")            # trained weights from weights/, int8 engine where supported
+    f0 = extractor.extract(image0, max_keypoints=1000)  # Features: keypoints [N,2], scores [N], descriptors uint8 [N,32]
+    f1 = extractor.extract(image1)
+    pairs, dist = zippy.matching.match_hamming(f0.descriptors, f1.descriptors)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from zippy.features import Features, load_features, save_features
+
+__version__ = "0.1.0"
+__all__ = ["Features", "__version__", "available_models", "load", "load_features", "save_features"]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+if TYPE_CHECKING:
+    from zippy.extractor import Extractor
+
+
+def load(name: str = "zippypoint", *, weights: Any = None, engine: str = "auto") -> Extractor:
+    """Build an extractor by backbone name (see :func:`available_models`).
+
+    Args:
+        name: a registered backbone, e.g. "zippypoint" (binary + 8-bit) or "kp2d" (float).
+        weights: path of a weights file; None takes the shipped weights of ``name`` from weights/
+            (untrained random weights, with a warning, when none ship).
+        engine: "auto" (int8 where supported, else fp32), "int8", "fp32" (fake-quant network in float), "onnx".
+
+    Raises:
+        ValueError: unknown name or engine (the message lists the choices).
+        FileNotFoundError: ``weights`` names a file that does not exist.
+    """
+    from zippy.extractor import Extractor
+
+    return Extractor.from_name(name, weights=weights, engine=engine)
+
+
+def available_models() -> list[str]:
+    """Names of the registered backbones."""
+    from zippy.models import available
+
+    return available()

@@ -1,0 +1,66 @@
+"""Registered backbones. Each is a small LayerFactory subclass: adding one is a local change here."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from zippy.models.layers import ConvBNAct, LayerFactory, Residual
+from zippy.models.registry import register
+from zippy.quant.layers import ActQuant, BinaryConv2d, QConv2d
+
+__all__ = ["KP2DLayers", "ZippyPointLayers"]
+
+
+@register("kp2d")
+class KP2DLayers(LayerFactory):
+    """Float baseline: the same topology without quantization, L2-normalized float descriptors."""
+
+    binary_descriptors = False
+
+
+@register("zippypoint")
+class ZippyPointLayers(LayerFactory):
+    """ZippyPoint: binary 3x3 encoder convs, 8-bit everything else but the two tiny float head outputs.
+
+    * 8-bit convs: per-channel symmetric weights, inputs fake-quantized (EMA range; the stem's input
+      is the image on the fixed [0, 1] grid, i.e. exactly its uint8 values).
+    * binary convs: sign() of inputs and weights, +1 padding; conv -> ReLU -> 8-bit -> BN.
+    * the residual stream is fake-quantized to 8 bits on the fixed range +-residual_range.
+    """
+
+    binary_descriptors = True
+
+    def qconv(self, cin: int, cout: int, k: int, *, bias: bool = False, input_range=None) -> QConv2d:
+        return QConv2d(cin, cout, k, padding=k // 2, bias=bias, input_quant=ActQuant(8, input_range))
+
+    def res_quant(self) -> ActQuant:
+        r = self.cfg.residual_range
+        return ActQuant(8, (-r, r))
+
+    def stem(self, cin: int, cout: int) -> nn.Module:
+        return ConvBNAct(self.qconv(cin, cout, 3, input_range=(0.0, 1.0)), cout, nn.Hardswish(inplace=True))
+
+    def pool(self, cin: int, cout: int) -> nn.Module:
+        return nn.Sequential(ConvBNAct(self.qconv(cin, cout, 1), cout), self.res_quant())
+
+    def encoder_branch(self, cin: int, cout: int) -> nn.Module:
+        return nn.Sequential(
+            BinaryConv2d(cin, cout, 3),
+            nn.ReLU(inplace=True),
+            ActQuant(8),
+            nn.BatchNorm2d(cout),
+            self.res_quant(),
+        )
+
+    def residual(self, c: int) -> nn.Module:
+        return Residual(self.encoder_branch(c, c), out_quant=self.res_quant())
+
+    def expand(self, cin: int, cout: int) -> nn.Module:
+        shortcut = nn.Sequential(self.qconv(cin, cout, 1), nn.BatchNorm2d(cout), self.res_quant())
+        return Residual(self.encoder_branch(cin, cout), shortcut, out_quant=self.res_quant())
+
+    def head(self, cin: int, cout: int, k: int = 3) -> nn.Module:
+        return ConvBNAct(self.qconv(cin, cout, k), cout)
+
+    def desc_out(self, cin: int, cout: int) -> nn.Module:
+        return self.qconv(cin, cout, 1, bias=True)

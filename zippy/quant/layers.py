@@ -1,0 +1,155 @@
+"""Fake-quantized and binary layers used while training (and as the fp32 reference at inference).
+
+* :class:`ActQuant`: 8-bit (or b-bit) fake quantization of activations, asymmetric quint8-style grid
+  [0, 2^b - 1] with a zero point, either a fixed range (e.g. the +-6 residual stream, the [0, 1]
+  input image) or a range tracked by an exponential moving average of batch min / max in training.
+* :class:`QConv2d`: convolution whose weights are fake-quantized per output channel, symmetric,
+  scale = max|w| / (2^(b-1) - 1); optionally quantizes its input with an :class:`ActQuant`.
+* :class:`BinaryConv2d`: sign() on inputs and weights with straight-through gradients
+  (gradient passed where |value| <= 1), zero-free padding with +1, no bias.
+
+These choices are the contract of the int8 engine (zippy.quant.int8): the same grids carry over.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ActQuant", "BinaryConv2d", "QConv2d", "set_fake_quant", "sign_ste", "weight_fake_quant"]
+
+
+class _SignSTE(torch.autograd.Function):
+    """sign(x) in {-1, +1} (0 maps to +1); gradient passed straight through where |x| <= 1."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+def sign_ste(x: torch.Tensor) -> torch.Tensor:
+    """Binarize to {-1, +1} with a straight-through (hard-tanh) gradient."""
+    return _SignSTE.apply(x)
+
+
+class ActQuant(nn.Module):
+    """Fake-quantize activations on a uniform b-bit grid.
+
+    Args:
+        bits: number of bits (grid 0 .. 2^bits - 1 with a zero point).
+        fixed_range: (lo, hi) fixed range, or None to track the range by EMA during training.
+        momentum: EMA momentum for the tracked range.
+
+    The quantization parameters are ``scale = (hi - lo) / (2^bits - 1)`` and
+    ``zero_point = round(-lo / scale)``; :meth:`qparams` returns them for the int8 engine.
+    """
+
+    def __init__(self, bits: int = 8, fixed_range: tuple[float, float] | None = None, momentum: float = 0.01):
+        super().__init__()
+        self.bits = bits
+        self.fixed = fixed_range is not None
+        self.momentum = momentum
+        self.enabled = True
+        lo, hi = fixed_range if fixed_range is not None else (0.0, 0.0)
+        self.register_buffer("lo", torch.tensor(float(lo)))
+        self.register_buffer("hi", torch.tensor(float(hi)))
+        self.register_buffer("initialized", torch.tensor(self.fixed))
+
+    @property
+    def qmax(self) -> int:
+        return 2**self.bits - 1
+
+    def qparams(self) -> tuple[float, int]:
+        """(scale, zero_point) of the current range; the range always contains 0."""
+        lo = min(float(self.lo), 0.0)
+        hi = max(float(self.hi), 0.0)
+        scale = max((hi - lo) / self.qmax, 1e-8)
+        zp = int(min(max(round(-lo / scale), 0), self.qmax))
+        return scale, zp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if self.training and not self.fixed:
+            with torch.no_grad():
+                lo, hi = x.detach().min().float(), x.detach().max().float()
+                if not bool(self.initialized):
+                    self.lo.copy_(lo)
+                    self.hi.copy_(hi)
+                    self.initialized.fill_(True)
+                else:
+                    self.lo.lerp_(lo, self.momentum)
+                    self.hi.lerp_(hi, self.momentum)
+        if not bool(self.initialized):
+            return x
+        scale, zp = self.qparams()
+        return torch.fake_quantize_per_tensor_affine(x.float(), scale, zp, 0, self.qmax).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        kind = "fixed" if self.fixed else "ema"
+        return f"bits={self.bits}, {kind} range=({float(self.lo):.3g}, {float(self.hi):.3g})"
+
+
+def weight_fake_quant(w: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Per-output-channel symmetric fake quantization: scale_c = max|w_c| / (2^(bits-1) - 1)."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = w.detach().abs().flatten(1).amax(1).clamp_min(1e-8) / qmax
+    zp = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+    return torch.fake_quantize_per_channel_affine(w.float(), scale.float(), zp, 0, -qmax, qmax).to(w.dtype)
+
+
+class QConv2d(nn.Conv2d):
+    """Conv2d with per-channel symmetric fake-quantized weights and an optional input :class:`ActQuant`.
+
+    Extra args:
+        bits: weight bits (8 by default).
+        input_quant: quantizer applied to the input (None: the input is already on a grid).
+    """
+
+    def __init__(self, *args, bits: int = 8, input_quant: ActQuant | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bits = bits
+        self.input_quant = input_quant if input_quant is not None else nn.Identity()
+        self.quant_enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_quant(x)
+        w = weight_fake_quant(self.weight, self.bits) if self.quant_enabled else self.weight
+        return self._conv_forward(x, w, self.bias)
+
+
+class BinaryConv2d(nn.Conv2d):
+    """Binary convolution: sign(x) * sign(w), padded with +1 so every input stays binary. No bias.
+
+    The latent float weights should be kept in [-1, 1] (see :func:`zippy.models.clip_binary_weights`).
+    Output values are integers in [-k*k*C_in, k*k*C_in].
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=False)
+        self.pad = kernel_size // 2
+        nn.init.uniform_(self.weight, -1.0, 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xb = sign_ste(x)
+        if self.pad:
+            xb = F.pad(xb, (self.pad,) * 4, value=1.0)
+        wb = sign_ste(self.weight)
+        return self._conv_forward(xb, wb, None)
+
+
+def set_fake_quant(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch every activation / weight fake-quantizer on or off (binary layers stay binary)."""
+    for m in model.modules():
+        if isinstance(m, ActQuant):
+            m.enabled = enabled
+        elif isinstance(m, QConv2d):
+            m.quant_enabled = enabled
+    return model
