@@ -4,7 +4,7 @@ Typical use::
 
     import zippy
     extractor = zippy.load("zippypoint")            # trained weights from weights/, int8 engine where supported
-    f0 = extractor.extract(image0, max_keypoints=1000)  # Features: keypoints [N,2], scores [N], descriptors uint8 [N,32]
+    f0 = extractor.extract(image0, max_keypoints=1000)  # keypoints [N,2], scores [N], descriptors uint8 [N,32]
     f1 = extractor.extract(image1)
     pairs, dist = zippy.matching.match_hamming(f0.descriptors, f1.descriptors)
 """

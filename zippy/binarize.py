@@ -92,6 +92,8 @@ class BinNormTrain(nn.Module):
         self.temperature = temperature
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == 0:
+            return soft_topk(x.float(), self.k, self.temperature)
         return soft_topk(_standardize(x.float()), self.k, self.temperature)
 
 

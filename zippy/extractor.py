@@ -141,27 +141,27 @@ class Extractor:
         max_keypoints = _check_max_keypoints(max_keypoints)
         if threshold is not None and not (0.0 <= float(threshold) <= 1.0):
             raise ValueError(f"threshold must be in [0, 1] or None, got {threshold!r}")
-        b, _, h, w = x.shape
+        _, _, h, w = x.shape
         cell = self.cfg.cell
         ph, pw = (-h) % cell, (-w) % cell
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        t0 = time.perf_counter()
-        out = self._net(x)
-        t1 = time.perf_counter()
         feats = []
-        for i in range(b):
+        # One image per network call: oneDNN picks other kernels for other batch sizes, and float rounding
+        # differences can flip fake-quantized values; per-image calls make a batch give exactly the
+        # results of single calls, at little cost on CPU where one image already fills the GEMMs.
+        for xi in x.split(1):
+            t0 = time.perf_counter()
+            out = self._net(xi)
+            t1 = time.perf_counter()
             kpts, scores = select_keypoints(
-                out["score"][i, 0], out["coords"][i], w, h, max_keypoints, threshold, self.nms_radius
+                out["score"][0, 0], out["coords"][0], w, h, max_keypoints, threshold, self.nms_radius
             )
-            desc = sample_descriptors(out["desc"][i], kpts, w + pw, h + ph)
+            desc = sample_descriptors(out["desc"][0], kpts, w + pw, h + ph)
             desc = finalize_descriptors(desc, self.binary, self.cfg.desc_ones)
-            feats.append(Features(kpts.numpy(), scores.numpy(), desc.numpy(), (w, h)))
-        t2 = time.perf_counter()
-        for f in feats:
-            f.meta.update(
-                {"time_network_ms": 1e3 * (t1 - t0) / b, "time_post_ms": 1e3 * (t2 - t1) / b, "engine": self.engine}
-            )
+            t2 = time.perf_counter()
+            meta = {"time_network_ms": 1e3 * (t1 - t0), "time_post_ms": 1e3 * (t2 - t1), "engine": self.engine}
+            feats.append(Features(kpts.numpy(), scores.numpy(), desc.numpy(), (w, h), meta))
         return feats
 
     def __repr__(self) -> str:

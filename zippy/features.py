@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Features", "pack_bits", "unpack_bits", "save_features", "load_features"]
+__all__ = ["Features", "load_features", "pack_bits", "save_features", "unpack_bits"]
 
 
 @dataclass
@@ -66,9 +66,7 @@ class Features:
     def empty(cls, image_size: tuple[int, int], dim: int = 32, binary: bool = True) -> Features:
         """A record with N = 0 and correctly shaped arrays."""
         dtype = np.uint8 if binary else np.float32
-        return cls(
-            np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), np.zeros((0, dim), dtype), image_size
-        )
+        return cls(np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), np.zeros((0, dim), dtype), image_size)
 
     def subset(self, index: np.ndarray) -> Features:
         """Features at ``index`` (boolean mask or integer indices)."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "warp_points",
-    "scale_homography",
     "corner_error",
     "estimate_homography",
     "random_homography",
+    "scale_homography",
     "visible_mask",
+    "warp_points",
 ]
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from zippy.binarize import bits_to_packed, hard_topk
 
-__all__ = ["cell_nms", "sample_descriptors", "select_keypoints", "finalize_descriptors"]
+__all__ = ["cell_nms", "finalize_descriptors", "sample_descriptors", "select_keypoints"]
 
 
 def cell_nms(score: torch.Tensor, coords: torch.Tensor, radius: float, reach: int = 2) -> torch.Tensor:

@@ -55,7 +55,7 @@ class KeypointNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        b, _, h, w = x.shape
+        _, _, h, w = x.shape
         cell = self.cfg.cell
         if h % cell or w % cell:
             raise ValueError(f"input size must be a multiple of {cell}, got {w}x{h}")

@@ -1,17 +1,568 @@
-"""Real int8 inference (placeholder until the torch.ao conversion lands)."""
+"""Real int8 inference of the zippypoint network on x86 CPUs.
+
+:func:`convert` turns a trained (fake-quantized) zippypoint :class:`~zippy.models.KeypointNet` into
+:class:`Int8KeypointNet`, which computes the same outputs with integer convolutions:
+
+* 8-bit convs (:class:`~zippy.quant.layers.QConv2d`): the trained per-channel symmetric int8 weights,
+  with the following BatchNorm folded in. Folding is exact: it multiplies each output channel's scale
+  by ``gamma / sqrt(var + eps)`` and flips the integer weights where that factor is negative.
+* binary convs (:class:`~zippy.quant.layers.BinaryConv2d`): int8 convs with +-1 weights. The input
+  is not the +-1 tensor itself but ``b = (x < 0)`` in {0, 1}: with ``sign(x) = 1 - 2b`` and the +1
+  padding of training (``b = 0`` there, which is exactly the kernel's zero padding),
+  ``conv(sign(x), s) = sum(s) - 2 conv(b, s)``, i.e. int8 weights ``-s`` with scale 2 and the
+  per-channel bias ``sum(s)``. The integer result is exact.
+* activations stay uint8 on the grids learnt in training (:meth:`ActQuant.qparams`): the fixed
+  [0, 1] image grid, the fixed +-residual_range stream, the EMA ranges. Nothing is recalibrated.
+  The three tensors that have no grid in training (the stem's pre-activation, the heads' ReLU
+  outputs that feed the float head convs, the descriptor map) never exist in 8 bits: each lives
+  inside one fused oneDNN kernel (int32 accumulator -> scale -> bias -> activation -> requantize to
+  the next grid, or float output). So no tensor is calibrated.
+* the float parts run in float: the two tiny head output convs (score, position), sigmoid / tanh,
+  and the descriptor output (float [B, D, H/4, W/4], dequantized inside its kernel).
+
+Kernels (API pinned to torch 2.13, see ``KERNELS``): ``torch.ops.onednn.qconv_prepack`` /
+``qconv2d_pointwise`` / ``qbatch_norm2d`` on plain uint8 tensors in channels-last layout, the
+operators that torch's PT2E x86 lowering emits (AMX / VNNI int8 kernels where present). They avoid
+``torch.ao.quantization`` and the quantized tensor types that torch 2.13 deprecates, so no
+deprecation warning is raised. ``onednn.qadd.tensor`` is not used: in torch 2.13 its uint8 output
+wraps around instead of saturating. Element-wise uint8 steps (sign, residual add, re-gridding) use
+OpenCV's saturating SIMD kernels.
+
+Equivalence: every integer product and sum is exact; the float steps (requantization scale, folded
+BN, the residual stream's BatchNorm) round like the fake-quantized model up to float32 ties, so a
+rare activation may differ by one step. tests/test_int8.py checks descriptors and keypoints on real
+photos against the fake-quantized fp32 model.
+"""
 
 from __future__ import annotations
 
+import logging
+import platform
+from dataclasses import dataclass
+
+import numpy as np
+import torch
 from torch import nn
 
-__all__ = ["convert", "unsupported_reason"]
+from zippy.models.layers import ConvBNAct, Residual
+from zippy.models.net import KeypointNet, SpaceToDepth, _cell_coords, _mask_border
+from zippy.quant.layers import ActQuant, BinaryConv2d, QConv2d
+
+log = logging.getLogger(__name__)
+
+__all__ = ["KERNELS", "Grid", "Int8KeypointNet", "convert", "unsupported_reason"]
+
+KERNELS = ("onednn::qconv_prepack", "onednn::qconv2d_pointwise", "onednn::qbatch_norm2d")
+
+_UINT8_MAX = 255
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A uint8 quantization grid: real = (q - zero_point) * scale, q in [0, 255]."""
+
+    scale: float
+    zero_point: int
+
+    @classmethod
+    def of(cls, quant: ActQuant) -> Grid:
+        if quant.bits != 8:
+            raise ValueError(f"int8 engine needs 8-bit activations, got {quant.bits}-bit {quant}")
+        scale, zp = quant.qparams()
+        return cls(float(scale), int(zp))
+
+    def values(self) -> torch.Tensor:
+        """float32 [256]: the real value of every q, computed by the same kernel as the fake quantizer."""
+        q = torch.arange(_UINT8_MAX + 1, dtype=torch.float32)
+        v = (q - self.zero_point) * self.scale
+        return torch.fake_quantize_per_tensor_affine(v, self.scale, self.zero_point, 0, _UINT8_MAX)
+
+    def quantize_values(self, v: torch.Tensor) -> torch.Tensor:
+        """uint8 q of float values v, rounding exactly as ActQuant's fake quantization does."""
+        fq = torch.fake_quantize_per_tensor_affine(v.float(), self.scale, self.zero_point, 0, _UINT8_MAX)
+        return (torch.round(fq / self.scale) + self.zero_point).clamp(0, _UINT8_MAX).to(torch.uint8)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+def _kernels_missing() -> str | None:
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64", "x86", "i686"):
+        return f"the int8 kernels need an x86 CPU, this is {machine!r}"
+    if not torch.backends.mkldnn.is_available():
+        return "torch was built without oneDNN (mkldnn)"
+    for name in ("qconv_prepack", "qconv2d_pointwise", "qbatch_norm2d"):
+        if not hasattr(torch.ops.onednn, name):
+            return f"torch {torch.__version__} has no torch.ops.onednn.{name}"
+    try:
+        import cv2  # noqa: F401
+    except ImportError as e:
+        return f"OpenCV is missing ({e})"
+    return None
+
+
+def _uninitialized(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, ActQuant) and not bool(m.initialized)]
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
-    """Why the int8 engine cannot run ``model`` here, or None when it can."""
-    return "int8 conversion is not implemented yet"
+    """Why the int8 engine cannot run ``model`` here, or None when it can.
+
+    Reasons: not a zippypoint-topology network (float backbones have no trained grids), activation
+    ranges never trained (EMA not initialized), no x86 oneDNN int8 kernels in this torch build.
+    """
+    if not isinstance(model, KeypointNet):
+        return f"expected a KeypointNet, got {type(model).__name__}"
+    try:
+        _Plan(model)
+    except _Unsupported as e:
+        return str(e)
+    missing = _uninitialized(model)
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else "")
+        return f"activation ranges were never trained/calibrated: {shown}"
+    return _kernels_missing()
 
 
-def convert(model: nn.Module) -> nn.Module:
-    """Convert a fake-quantized model into a real int8 one."""
-    raise NotImplementedError(unsupported_reason(model))
+# ------------------------------------------------------------------------------------------------ layers
+
+
+class _Unsupported(ValueError):
+    pass
+
+
+def _expect(module: nn.Module, kind: type | tuple[type, ...], where: str) -> nn.Module:
+    if not isinstance(module, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise _Unsupported(f"{where}: expected {names}, found {type(module).__name__} (not a zippypoint network?)")
+    return module
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (alpha, beta) of an eval-mode BatchNorm: y = alpha * x + beta (float64)."""
+    alpha = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    beta = bn.bias.detach().double() - alpha * bn.running_mean.detach().double()
+    return alpha, beta
+
+
+def _int8_weights(conv: QConv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trained integer weights int8 [O, I, k, k] and per-channel scales float64 [O] of a QConv2d."""
+    if conv.bits != 8:
+        raise _Unsupported(f"int8 engine needs 8-bit weights, got {conv.bits}-bit")
+    w = conv.weight.detach().float()
+    qmax = 2 ** (conv.bits - 1) - 1
+    scale = w.abs().flatten(1).amax(1).clamp_min(1e-8) / qmax
+    zp = torch.zeros(w.shape[0], dtype=torch.int32)
+    wq = torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -qmax, qmax)
+    n = torch.round(wq / scale.view(-1, 1, 1, 1)).clamp(-qmax, qmax)
+    return n.to(torch.int8), scale.double()
+
+
+class Int8Conv(nn.Module):
+    """One fused oneDNN int8 convolution on a uint8 channels-last tensor.
+
+    ``y = act(scale_in * w_scale[o] * sum(q_in - zp_in) * w_int8 + bias[o])``, then requantized to
+    ``out`` (uint8) or returned as float32 when ``out`` is None.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        w_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        padding: int,
+        grid_in: Grid,
+        grid_out: Grid | None,
+        act: str = "none",
+    ):
+        super().__init__()
+        if act not in ("none", "relu", "hardswish"):
+            raise ValueError(f"act must be none, relu or hardswish, got {act!r}")
+        self.in_channels, self.out_channels = int(weight.shape[1]), int(weight.shape[0])
+        self.kernel_size = int(weight.shape[-1])
+        self.padding = [padding, padding]
+        self.grid_in, self.grid_out, self.act = grid_in, grid_out, act
+        # scales below float32's normal range would underflow in the kernel: such channels have zero weights
+        self.w_scale = w_scale.clamp_min(1e-30).float().contiguous()
+        self.w_zp = torch.zeros(self.out_channels, dtype=torch.int32)
+        self.bias = None if bias is None else bias.float().contiguous()
+        self.weight_int8 = weight.to(torch.int8).contiguous()
+        self._packed = torch.ops.onednn.qconv_prepack(
+            self.weight_int8, self.w_scale, grid_in.scale, grid_in.zero_point, [1, 1], self.padding, [1, 1], 1, None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_scale, out_zp, out_dtype = (
+            (1.0, 0, torch.float32)
+            if self.grid_out is None
+            else (self.grid_out.scale, self.grid_out.zero_point, torch.uint8)
+        )
+        return torch.ops.onednn.qconv2d_pointwise(
+            x,
+            self.grid_in.scale,
+            self.grid_in.zero_point,
+            self._packed,
+            self.w_scale,
+            self.w_zp,
+            self.bias,
+            [1, 1],
+            self.padding,
+            [1, 1],
+            1,
+            out_scale,
+            out_zp,
+            out_dtype,
+            self.act,
+            [],
+            "",
+        )
+
+    def extra_repr(self) -> str:
+        out = "float32" if self.grid_out is None else f"{self.grid_out}"
+        return (
+            f"{self.in_channels}, {self.out_channels}, k={self.kernel_size}, in={self.grid_in}, out={out}, "
+            f"act={self.act}"
+        )
+
+
+def qconv_bn(
+    conv: QConv2d,
+    bn: nn.BatchNorm2d | None,
+    grid_out: Grid | None,
+    act: str,
+    where: str,
+    *,
+    in_order: torch.Tensor | None = None,
+    out_order: torch.Tensor | None = None,
+) -> Int8Conv:
+    """Int8Conv of an 8-bit QConv2d (its input quantizer gives the input grid) with ``bn`` folded in.
+
+    ``in_order`` / ``out_order`` permute the input / output channels (new channel i = old channel order[i]).
+    """
+    _expect(conv, QConv2d, where)
+    quant = _expect(conv.input_quant, ActQuant, f"{where}.input_quant")
+    if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
+        raise _Unsupported(f"{where}: only stride 1, dilation 1, groups 1 convolutions are supported")
+    n, scale = _int8_weights(conv)
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(n.shape[0], dtype=torch.float64)
+    if bn is not None:
+        alpha, beta = _bn_affine(bn)
+        n = torch.where((alpha < 0).view(-1, 1, 1, 1), -n.to(torch.int16), n.to(torch.int16)).to(torch.int8)
+        scale = scale * alpha.abs()
+        bias = alpha * bias + beta
+    if in_order is not None:
+        n = n[:, in_order]
+    if out_order is not None:
+        n, scale, bias = n[out_order], scale[out_order], bias[out_order]
+    return Int8Conv(n, scale, bias, padding=conv.padding[0], grid_in=Grid.of(quant), grid_out=grid_out, act=act)
+
+
+def binary_conv(conv: BinaryConv2d, grid_out: Grid, where: str) -> Int8Conv:
+    """Int8Conv of a BinaryConv2d with fused ReLU, taking b = (x < 0) in {0, 1} (see the module doc)."""
+    _expect(conv, BinaryConv2d, where)
+    s = torch.where(conv.weight.detach() >= 0, 1.0, -1.0)
+    if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
+        raise _Unsupported(f"{where}: only stride 1, dilation 1, groups 1 binary convolutions are supported")
+    scale = torch.full((s.shape[0],), 2.0, dtype=torch.float64)
+    return Int8Conv(-s, scale, s.sum((1, 2, 3)), padding=conv.pad, grid_in=Grid(1.0, 0), grid_out=grid_out, act="relu")
+
+
+def _nhwc(x: torch.Tensor) -> np.ndarray:
+    """uint8 [B, C, H, W] channels-last tensor -> numpy view [B*H*W, C] (no copy)."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    return x.permute(0, 2, 3, 1).numpy().reshape(-1, x.shape[1])
+
+
+def _from_nhwc(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """numpy [B*H*W, C] -> uint8 [B, C, H, W] channels-last tensor (no copy); B, H, W from ``like``."""
+    b, _, h, w = like.shape
+    return torch.from_numpy(a).view(b, h, w, a.shape[-1]).permute(0, 3, 1, 2)
+
+
+def space_to_depth(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, C, H, W] channels-last -> [B, 4C, H/2, W/2] channels-last, channel order (dy, dx, c).
+
+    The same values as ``F.pixel_unshuffle(x, 2)`` (channel order (c, dy, dx)) in another channel
+    order, chosen so that the copy moves whole pixels; the next conv's weights are permuted to match
+    (:func:`_s2d_weight_order`).
+    """
+    b, c, h, w = x.shape
+    t = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    t = t.reshape(b, h // 2, 2, w // 2, 2 * c).permute(0, 1, 3, 2, 4).contiguous()
+    return t.view(b, h // 2, w // 2, 4 * c).permute(0, 3, 1, 2)
+
+
+def depth_to_space(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 4C, H, W] channels-last with channel order (dy, dx, c) -> [B, C, 2H, 2W] channels-last.
+
+    Equals ``F.pixel_shuffle(x', 2)`` where x' holds the channels in pixel_shuffle's order (c, dy, dx);
+    the producing conv's output channels are permuted to match (:func:`_s2d_weight_order`).
+    """
+    b, c4, h, w = x.shape
+    c = c4 // 4
+    t = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    t = t.reshape(b, h, w, 2, 2 * c).permute(0, 1, 3, 2, 4).contiguous()
+    return t.view(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+
+
+def _s2d_weight_order(c: int) -> torch.Tensor:
+    """int64 [4C]: entry (dy * 2 + dx) * C + ci holds pixel_(un)shuffle's channel ci * 4 + dy * 2 + dx."""
+    return torch.arange(4 * c).view(c, 4).t().reshape(-1)
+
+
+class FloatConv3x3(nn.Module):
+    """A float 3x3 'same' conv with very few output channels (the score / position outputs) as one GEMM.
+
+    oneDNN's direct conv is slow for 1-2 output channels; here the input [B, C, H, W] (channels-last)
+    is multiplied by all 9 taps at once ([B*H*W, C] @ [C, 9*O]) and the shifted tap planes are summed.
+    Same result as ``F.conv2d(x, weight, bias, padding=1)`` up to float32 summation order.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
+            raise _Unsupported(f"expected a 3x3 stride-1 'same' conv, got {conv}")
+        w = conv.weight.detach().float()
+        self.out_channels = int(w.shape[0])
+        self.taps = w.permute(1, 2, 3, 0).reshape(w.shape[1], 9 * self.out_channels).contiguous()
+        b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(self.out_channels)
+        self.bias = b.clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bsz, c, h, w = x.shape
+        o = self.out_channels
+        y = x.permute(0, 2, 3, 1).reshape(-1, c) @ self.taps  # [B*H*W, 9*O]
+        y = y.view(bsz, h, w, 3, 3, o)
+        out = self.bias.view(1, 1, 1, o).repeat(bsz, h + 2, w + 2, 1)
+        for i in range(3):
+            for j in range(3):
+                out[:, 2 - i : h + 2 - i, 2 - j : w + 2 - j] += y[:, :, :, i, j]
+        return out[:, 1 : h + 1, 1 : w + 1].permute(0, 3, 1, 2)
+
+
+class Regrid(nn.Module):
+    """Move a uint8 tensor from one grid to another exactly as fake quantization would (a 256-entry LUT)."""
+
+    def __init__(self, grid_in: Grid, grid_out: Grid):
+        super().__init__()
+        self.grid_in, self.grid_out = grid_in, grid_out
+        self.identity = grid_in == grid_out
+        self.lut = grid_out.quantize_values(grid_in.values()).numpy().reshape(1, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.identity:
+            return x
+        import cv2
+
+        return _from_nhwc(cv2.LUT(_nhwc(x), self.lut), x)
+
+    def extra_repr(self) -> str:
+        return f"{self.grid_in} -> {self.grid_out}"
+
+
+class BinaryResidual(nn.Module):
+    """``out = Q_res(shortcut(x) + Q_res(BN(Q_a(relu(binconv(x))))))`` on the uint8 residual stream."""
+
+    def __init__(self, block: Residual, grid_res: Grid, where: str):
+        super().__init__()
+        branch = _expect(block.branch, nn.Sequential, f"{where}.branch")
+        kinds = (BinaryConv2d, nn.ReLU, ActQuant, nn.BatchNorm2d, ActQuant)
+        if len(branch) != len(kinds):
+            raise _Unsupported(f"{where}.branch: expected binary conv, ReLU, ActQuant, BatchNorm, ActQuant")
+        for i, kind in enumerate(kinds):
+            _expect(branch[i], kind, f"{where}.branch.{i}")
+        for name, quant in (("branch.4", branch[4]), ("out_quant", block.out_quant)):
+            if Grid.of(_expect(quant, ActQuant, f"{where}.{name}")) != grid_res:
+                raise _Unsupported(f"{where}.{name}: expected the residual grid {grid_res}")
+        self.grid_res = grid_res
+        grid_a = Grid.of(branch[2])
+        if grid_a.zero_point != 0:
+            raise _Unsupported(f"{where}.branch.2: a post-ReLU range must start at 0, got {grid_a}")
+        self.conv = binary_conv(branch[0], grid_a, f"{where}.branch.0")
+        self.grid_a = grid_a
+        alpha, beta = _bn_affine(branch[3])
+        # qbatch_norm2d computes (q - zp) * scale * weight / sqrt(var + eps) + bias: pass the folded affine
+        self.bn_weight = alpha.float()
+        self.bn_bias = beta.float()
+        self.bn_mean = torch.zeros_like(self.bn_weight)
+        self.bn_var = torch.ones_like(self.bn_weight)
+        self.shortcut: nn.Module | None = None
+        if not isinstance(block.shortcut, nn.Identity):
+            sc = _expect(block.shortcut, nn.Sequential, f"{where}.shortcut")
+            if len(sc) != 3:
+                raise _Unsupported(f"{where}.shortcut: expected QConv2d, BatchNorm, ActQuant")
+            if Grid.of(_expect(sc[2], ActQuant, f"{where}.shortcut.2")) != grid_res:
+                raise _Unsupported(f"{where}.shortcut.2: expected the residual grid {grid_res}")
+            conv = qconv_bn(sc[0], _expect(sc[1], nn.BatchNorm2d, f"{where}.shortcut.1"), grid_res, "none", where)
+            self.shortcut = nn.Sequential(Regrid(grid_res, conv.grid_in), conv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import cv2
+
+        xs = _nhwc(x)
+        # b = 1 where the real value is negative (q < zero point), else 0: the binary conv's input
+        _, b = cv2.threshold(xs, self.grid_res.zero_point - 1, 1, cv2.THRESH_BINARY_INV)
+        a = self.conv(_from_nhwc(b, x))
+        r = torch.ops.onednn.qbatch_norm2d(
+            a,
+            self.grid_a.scale,
+            0,
+            self.bn_weight,
+            self.bn_bias,
+            self.bn_mean,
+            self.bn_var,
+            0.0,
+            self.grid_res.scale,
+            self.grid_res.zero_point,
+            torch.uint8,
+        )
+        s = xs if self.shortcut is None else _nhwc(self.shortcut(x))
+        # both on the residual grid: q = q_s + q_r - zp, saturated (exact integer arithmetic)
+        out = cv2.addWeighted(s, 1.0, _nhwc(r), 1.0, -float(self.grid_res.zero_point))
+        return _from_nhwc(out, x)
+
+
+class Int8KeypointNet(nn.Module):
+    """The int8 zippypoint network: float [B, 3, H, W] in [0, 1] -> the KeypointNet output dict.
+
+    Built by :func:`convert`; see the module docstring for how each layer maps to integer kernels.
+    """
+
+    def __init__(self, model: KeypointNet):
+        super().__init__()
+        plan = _Plan(model)
+        self.cfg = model.cfg
+        self.binary_descriptors = model.binary_descriptors
+        self.grid_image = plan.grid_image
+        self.stem = plan.stem
+        self.stages = plan.stages
+        self.block8 = plan.block8
+        self.score_in, self.score_conv, self.score_out = plan.score
+        self.position_in, self.position_conv, self.position_out = plan.position
+        self.desc_in, self.desc_convs = plan.desc
+
+    def quantize_image(self, x: torch.Tensor) -> torch.Tensor:
+        """float [B, 3, H, W] in [0, 1] -> uint8 channels-last on the image grid (round(255 x), clamped)."""
+        g = self.grid_image
+        q = torch.round(x.float() * (1.0 / g.scale)).add_(g.zero_point).clamp_(0, _UINT8_MAX)
+        return q.to(torch.uint8, memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise ValueError(f"expected float [B, 3, H, W], got {x.dtype} {list(x.shape)}")
+        _, _, h, w = x.shape
+        cell = self.cfg.cell
+        if h % cell or w % cell:
+            raise ValueError(f"input size must be a multiple of {cell}, got {w}x{h}")
+        q = self.stem(self.quantize_image(x))
+        for regrid, pool, blocks in self.stages:
+            q = pool(regrid(space_to_depth(q)))
+            for block in blocks:
+                q = block(q)
+        for block in self.block8:
+            q = block(q)
+        score = torch.sigmoid(self.score_out(self.score_conv(self.score_in(q))))
+        score = _mask_border(score)
+        offset = torch.tanh(self.position_out(self.position_conv(self.position_in(q))))
+        coords = _cell_coords(offset, cell, self.cfg.cross_ratio, w, h)
+        c0, c1, c2 = self.desc_convs
+        d = depth_to_space(c0(self.desc_in(q)))
+        desc = c2(c1(d))
+        return {"score": score, "coords": coords, "desc": desc}
+
+
+class _Plan:
+    """Walks a zippypoint KeypointNet and builds the int8 modules (raises _Unsupported on any mismatch)."""
+
+    def __init__(self, model: KeypointNet):
+        r = float(model.cfg.residual_range)
+        self.grid_res = Grid(*ActQuant(8, (-r, r)).qparams())
+        stem = _expect(model.stem, ConvBNAct, "stem")
+        _expect(stem[2], nn.Hardswish, "stem.2")
+        self.grid_image = Grid.of(_expect(_expect(stem[0], QConv2d, "stem.0").input_quant, ActQuant, "stem.0.iq"))
+        stages = []
+        for i, stage in enumerate(_expect(model.stages, nn.Sequential, "stages")):
+            where = f"stages.{i}"
+            if len(stage) != 4:
+                raise _Unsupported(f"{where}: expected space-to-depth, pool, 2 residual blocks")
+            _expect(stage[0], SpaceToDepth, f"{where}.0")
+            pool = _expect(stage[1], nn.Sequential, f"{where}.1")
+            cba = _expect(pool[0], ConvBNAct, f"{where}.1.0")
+            _expect(cba[2], nn.ReLU, f"{where}.1.0.2")
+            if len(pool) != 2 or Grid.of(_expect(pool[1], ActQuant, f"{where}.1.1")) != self.grid_res:
+                raise _Unsupported(f"{where}.1: expected conv-BN-ReLU then the residual grid {self.grid_res}")
+            order = _s2d_weight_order(cba[0].in_channels // 4)
+            conv = qconv_bn(cba[0], cba[1], self.grid_res, "relu", f"{where}.1.0.0", in_order=order)
+            # the first pool reads the stem, which writes its grid directly; the others read the residual stream
+            regrid = Regrid(conv.grid_in, conv.grid_in) if i == 0 else Regrid(self.grid_res, conv.grid_in)
+            blocks = nn.ModuleList(
+                BinaryResidual(_expect(stage[j], Residual, f"{where}.{j}"), self.grid_res, f"{where}.{j}")
+                for j in (2, 3)
+            )
+            stages.append(nn.ModuleList([regrid, conv, blocks]))
+        self.stages = nn.ModuleList(stages)
+        first_pool = self.stages[0][1]
+        self.stem = qconv_bn(stem[0], stem[1], first_pool.grid_in, "hardswish", "stem.0")
+        self.block8 = nn.ModuleList(
+            BinaryResidual(_expect(m, Residual, f"block8.{i}"), self.grid_res, f"block8.{i}")
+            for i, m in enumerate(_expect(model.block8, nn.Sequential, "block8"))
+        )
+        self.score = self._head(model.score_head, "score_head")
+        self.position = self._head(model.position_head, "position_head")
+        self.desc = self._desc(model.desc_head)
+
+    def _head(self, head: nn.Module, where: str) -> tuple[nn.Module, Int8Conv, FloatConv3x3]:
+        head = _expect(head, nn.Sequential, where)
+        cba = _expect(head[0], ConvBNAct, f"{where}.0")
+        _expect(cba[2], nn.ReLU, f"{where}.0.2")
+        conv = qconv_bn(cba[0], cba[1], None, "relu", f"{where}.0.0")
+        out = _expect(head[1], nn.Conv2d, f"{where}.1")
+        if isinstance(out, (QConv2d, BinaryConv2d)):
+            raise _Unsupported(f"{where}.1: expected a float output conv")
+        return Regrid(self.grid_res, conv.grid_in), conv, FloatConv3x3(out)
+
+    def _desc(self, head: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+        head = _expect(head, nn.Sequential, "desc_head")
+        if len(head) != 4:
+            raise _Unsupported("desc_head: expected conv-BN-ReLU, pixel shuffle, conv-BN-ReLU, conv")
+        cba0 = _expect(head[0], ConvBNAct, "desc_head.0")
+        _expect(head[1], nn.PixelShuffle, "desc_head.1")
+        cba2 = _expect(head[2], ConvBNAct, "desc_head.2")
+        last = _expect(head[3], QConv2d, "desc_head.3")
+        for where, cba in (("desc_head.0.2", cba0[2]), ("desc_head.2.2", cba2[2])):
+            _expect(cba, nn.ReLU, where)
+        g2 = Grid.of(_expect(cba2[0], QConv2d, "desc_head.2.0").input_quant)
+        g3 = Grid.of(_expect(last.input_quant, ActQuant, "desc_head.3.iq"))
+        # pixel shuffle commutes with quantization: c0 writes c1's input grid, channels in depth_to_space order
+        order = _s2d_weight_order(cba0[0].out_channels // 4)
+        c0 = qconv_bn(cba0[0], cba0[1], g2, "relu", "desc_head.0.0", out_order=order)
+        c1 = qconv_bn(cba2[0], cba2[1], g3, "relu", "desc_head.2.0")
+        c2 = qconv_bn(last, None, None, "none", "desc_head.3")
+        return Regrid(self.grid_res, c0.grid_in), nn.ModuleList([c0, c1, c2])
+
+
+def convert(model: nn.Module) -> Int8KeypointNet:
+    """Convert a trained fake-quantized zippypoint network into a real int8 one.
+
+    The original model is not modified. The quantization grids are the trained ones (see the module
+    docstring); fake quantization switched off with ``set_fake_quant`` does not change the result.
+
+    Args:
+        model: a zippypoint :class:`~zippy.models.KeypointNet` whose activation ranges were trained.
+
+    Returns:
+        An :class:`Int8KeypointNet` (eval mode): float [B, 3, H, W] in [0, 1], H and W multiples of 8
+        -> ``{"score": [B, 1, H/8, W/8], "coords": [B, 2, H/8, W/8], "desc": [B, D, H/4, W/4]}`` float32.
+
+    Raises:
+        ValueError: the model or this machine is not supported (the message says why).
+    """
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise ValueError(f"cannot convert to int8: {reason}")
+    with torch.no_grad():
+        net = Int8KeypointNet(model).eval()
+    log.debug("int8 network built with %s", ", ".join(KERNELS))
+    return net

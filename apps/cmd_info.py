@@ -1,0 +1,58 @@
+"""`zippy info NAME`: parameters and per-layer precision of a backbone."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "parameter count and per-layer precision (binary / 8-bit / float) of a backbone"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", default="zippypoint", help="backbone name (default zippypoint)")
+    p.add_argument("--weights", default=None, help="weights file (shows its metadata)")
+    p.add_argument("--layers", action="store_true", help="list every conv layer")
+
+
+def layer_table(model) -> list[tuple[str, str, str, int]]:
+    """(name, kind, precision, parameters) per conv layer."""
+    from torch import nn
+
+    from zippy.quant.layers import BinaryConv2d, QConv2d
+
+    rows = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            prec = "binary" if isinstance(m, BinaryConv2d) else f"{m.bits}-bit" if isinstance(m, QConv2d) else "float"
+            shape = f"{m.in_channels}->{m.out_channels} k{m.kernel_size[0]}"
+            rows.append((name, shape, prec, sum(p.numel() for p in m.parameters(recurse=False))))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from zippy.models import KeypointNet, ModelConfig, available, count_parameters
+    from zippy.weights import load_weights
+
+    if args.name not in available():
+        raise ValueError(f"unknown model {args.name!r}; choose one of {available()}")
+    meta = {}
+    cfg = ModelConfig(backbone=args.name)
+    if args.weights:
+        cfg, _, meta = load_weights(args.weights)
+    model = KeypointNet(cfg)
+    counts = count_parameters(model)
+    print(f"{cfg.backbone}: {counts['total'] / 1e6:.2f} M parameters")
+    for k in ("binary", "8bit", "float"):
+        print(f"  {k:>6}: {counts[k] / 1e6:.3f} M ({100 * counts[k] / counts['total']:.1f} %)")
+    kind = f"binary {cfg.desc_dim} bits, {cfg.desc_ones} ones" if model.binary_descriptors else f"float {cfg.desc_dim}"
+    print(f"  descriptors: {kind}")
+    rows = layer_table(model)
+    by_prec: dict[str, int] = {}
+    for _, _, prec, _ in rows:
+        by_prec[prec] = by_prec.get(prec, 0) + 1
+    print("  conv layers by precision: " + ", ".join(f"{k} {v}" for k, v in sorted(by_prec.items())))
+    if args.layers:
+        for name, shape, prec, n in rows:
+            print(f"    {name:<40} {shape:<18} {prec:<7} {n:>9}")
+    if meta:
+        print("  weights meta: " + ", ".join(f"{k}={v}" for k, v in meta.items() if not isinstance(v, dict)))
+    return 0

@@ -1,0 +1,127 @@
+"""The extraction API: shapes, dtypes, 64 ones, coordinates, batching, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import zippy
+from zippy.extractor import Extractor
+from zippy.features import Features
+
+
+@pytest.fixture(scope="module")
+def zp(calibrated_zippypoint) -> Extractor:
+    return Extractor(calibrated_zippypoint, engine="fp32")
+
+
+@pytest.fixture(scope="module")
+def rng_image() -> np.ndarray:
+    return (np.random.default_rng(0).random((75, 101, 3)) * 255).astype(np.uint8)
+
+
+def test_load_unknown_name_and_missing_weights(tmp_path) -> None:
+    with pytest.raises(ValueError, match="choose one of"):
+        zippy.load("superglue")
+    with pytest.raises(ValueError, match="unknown engine"):
+        zippy.load("kp2d", engine="gpu")
+    with pytest.raises(FileNotFoundError, match=r"nothere\.pt"):
+        zippy.load("zippypoint", weights=tmp_path / "nothere.pt")
+
+
+def test_features_shapes_and_dtypes(zp: Extractor, rng_image: np.ndarray) -> None:
+    f = zp.extract(rng_image, max_keypoints=50)
+    assert isinstance(f, Features)
+    assert f.keypoints.dtype == np.float32 and f.keypoints.shape == (len(f), 2)
+    assert f.scores.dtype == np.float32 and f.scores.shape == (len(f),)
+    assert f.descriptors.dtype == np.uint8 and f.descriptors.shape == (len(f), 32)
+    assert 0 < len(f) <= 50
+    assert f.image_size == (101, 75)
+    assert np.all(np.diff(f.scores) <= 0)  # sorted by score
+    assert np.all(np.unpackbits(f.descriptors, axis=1).sum(1) == 64)
+
+
+def test_float_backbone_descriptors() -> None:
+    ex = Extractor(zippy.models.KeypointNet(zippy.models.ModelConfig(backbone="kp2d")), engine="fp32")
+    f = ex.extract(np.full((64, 64), 128, np.uint8) + np.arange(64, dtype=np.uint8)[None], max_keypoints=10)
+    assert f.descriptors.dtype == np.float32 and f.descriptors.shape[1] == 256
+    np.testing.assert_allclose(np.linalg.norm(f.descriptors, axis=1), 1.0, rtol=1e-5)
+
+
+@settings(max_examples=12, deadline=None)
+@given(h=st.integers(16, 90), w=st.integers(16, 90), seed=st.integers(0, 1000))
+def test_keypoints_inside_odd_sizes_and_64_ones(zp: Extractor, h: int, w: int, seed: int) -> None:
+    img = (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+    f = zp.extract(img, max_keypoints=1000)
+    assert f.image_size == (w, h)
+    if len(f):
+        assert f.keypoints[:, 0].min() >= 0 and f.keypoints[:, 0].max() <= w - 1
+        assert f.keypoints[:, 1].min() >= 0 and f.keypoints[:, 1].max() <= h - 1
+    assert np.all(np.unpackbits(f.descriptors, axis=1).sum(1) == 64)
+
+
+def test_batch_of_three_equals_single_calls(zp: Extractor) -> None:
+    x = torch.rand(3, 3, 48, 72)
+    batch = zp.extract_batch(x, max_keypoints=30)
+    listed = zp.extract_batch([x[i].permute(1, 2, 0).numpy() for i in range(3)], max_keypoints=30)
+    assert len(batch) == len(listed) == 3
+    for i in range(3):
+        single = zp.extract(x[i], max_keypoints=30)
+        np.testing.assert_array_equal(batch[i].keypoints, single.keypoints)
+        np.testing.assert_array_equal(batch[i].scores, single.scores)
+        np.testing.assert_array_equal(batch[i].descriptors, single.descriptors)
+        assert len(listed[i]) > 0
+    with pytest.raises(ValueError, match="extract_batch"):
+        zp.extract(x)
+    with pytest.raises(ValueError, match="one size"):
+        zp.extract_batch([np.zeros((32, 32), np.uint8), np.zeros((32, 40), np.uint8)])
+
+
+def test_threshold_and_max_keypoints(zp: Extractor, rng_image: np.ndarray) -> None:
+    all_kp = zp.extract(rng_image, max_keypoints=1000)
+    assert len(zp.extract(rng_image, max_keypoints=3)) == min(3, len(all_kp))
+    t = float(np.median(all_kp.scores))
+    thr = zp.extract(rng_image, threshold=t)
+    assert len(thr) == int((all_kp.scores >= t).sum())
+    assert len(zp.extract(rng_image, threshold=1.0)) == 0  # scores are < 1: empty, correctly shaped
+    assert zp.extract(rng_image, threshold=1.0).descriptors.shape == (0, 32)
+
+
+def test_gray_rgba_uint16_float_inputs(zp: Extractor, rng_image: np.ndarray) -> None:
+    gray = rng_image[..., 0]
+    f_gray = zp.extract(gray)
+    f_rgb = zp.extract(np.repeat(gray[..., None], 3, 2))
+    np.testing.assert_array_equal(f_gray.descriptors, f_rgb.descriptors)
+    rgba = np.concatenate([rng_image, np.full((*rng_image.shape[:2], 1), 7, np.uint8)], 2)
+    np.testing.assert_array_equal(zp.extract(rgba).descriptors, zp.extract(rng_image).descriptors)
+    assert len(zp.extract(rng_image.astype(np.uint16) * 257)) > 0
+    assert len(zp.extract(rng_image.astype(np.float32) / 255)) > 0
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((1, 1, 3), np.uint8), "at least 16x16"),
+        (np.zeros((0, 0), np.uint8), "at least 16x16"),
+        (np.zeros((32, 32, 2), np.uint8), "HxWx3"),
+        (np.zeros((32, 32, 3), np.int32), "uint8, uint16 or float"),
+        (np.full((32, 32), np.nan, np.float32), "NaN"),
+        (np.full((32, 32), 2.0, np.float32), r"\[0, 1\]"),
+        (torch.full((1, 3, 32, 32), float("nan")), "NaN"),
+        (torch.zeros(1, 2, 32, 32), "Bx1xHxW or Bx3xHxW"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "float"),
+        ("image.png", "numpy array or a torch tensor"),
+    ],
+)
+def test_bad_images_raise_clear_errors(zp: Extractor, image, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        zp.extract(image)
+
+
+@pytest.mark.parametrize("k", [0, -5, 2.5, True])
+def test_bad_max_keypoints(zp: Extractor, rng_image: np.ndarray, k) -> None:
+    with pytest.raises(ValueError, match="max_keypoints must be a positive integer"):
+        zp.extract(rng_image, max_keypoints=k)

@@ -1,0 +1,1 @@
+"""Trained Zippy weights (installed as zippy_weights); see MODEL_CARD.md."""

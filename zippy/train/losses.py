@@ -1,0 +1,157 @@
+"""Self-supervised losses after KP2D / UnsuperPoint, for a pair related by a known homography.
+
+For every source cell keypoint p0 warped into the target (p0w = H p0) and visible there:
+* location: distance from p0w to the nearest target keypoint, for pairs closer than ``match_px``;
+* score: UnsuperPoint's repeatability loss ((s0 + s1) / 2 * (d - mean d)) plus score consistency;
+* descriptor: triplet loss with the hardest negative among target keypoints farther than
+  ``neg_px`` from p0w. Binary descriptors go through BinNormTrain (soft top-k, sum = k) and use the
+  Hamming-equivalent distance d = 1 - <y0, y1> / k (= Hamming / (2k) for hard bits); float ones are
+  L2-normalized and use the Euclidean distance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from zippy.binarize import BinNormTrain
+from zippy.postprocess import sample_descriptors
+
+__all__ = ["LossConfig", "pair_loss", "warp_points_torch"]
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights and thresholds."""
+
+    loc_weight: float = 1.0
+    desc_weight: float = 2.0
+    score_weight: float = 1.0
+    match_px: float = 4.0
+    neg_px: float = 8.0
+    border_px: float = 8.0
+    margin_binary: float = 0.25
+    margin_float: float = 0.2
+
+
+def warp_points_torch(points: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """points [B, N, 2], H [B, 3, 3] -> [B, N, 2]."""
+    hom = torch.cat([points, torch.ones_like(points[..., :1])], -1) @ H.transpose(1, 2)
+    z = hom[..., 2:]
+    z = torch.where(z.abs() < 1e-8, torch.full_like(z, 1e-8), z)
+    return hom[..., :2] / z
+
+
+def _flat(out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    s = out["score"].flatten(1)  # [B, N]
+    p = out["coords"].flatten(2).transpose(1, 2)  # [B, N, 2]
+    return s, p
+
+
+def _inside(p: torch.Tensor, w: int, h: int, border: float) -> torch.Tensor:
+    return (p[..., 0] >= border) & (p[..., 0] <= w - 1 - border) & (p[..., 1] >= border) & (p[..., 1] <= h - 1 - border)
+
+
+def _valid_at(valid: torch.Tensor, p: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    """valid [B,1,H,W] sampled (nearest) at p [B,N,2] -> bool [B,N]."""
+    grid = (2 * p + 1) / torch.tensor([w, h], dtype=p.dtype, device=p.device) - 1
+    v = F.grid_sample(valid, grid[:, None], mode="nearest", align_corners=False)
+    return v[:, 0, 0] > 0.5
+
+
+def pair_loss(
+    out0: dict[str, torch.Tensor],
+    out1: dict[str, torch.Tensor],
+    H: torch.Tensor,
+    valid1: torch.Tensor,
+    *,
+    binary: bool,
+    ones: int,
+    temperature: float,
+    cfg: LossConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss and its parts (floats, for logging) of a batch of pairs.
+
+    Args:
+        out0, out1: network outputs (zippy.models.net) of the source and target images.
+        H: float [B, 3, 3] source -> target pixels. valid1: float [B, 1, H, W] target validity.
+        binary: binary (soft top-k) or float descriptors; ones: k; temperature: soft top-k temperature.
+    """
+    _, _, himg, wimg = valid1.shape
+    s0, p0 = _flat(out0)
+    s1, p1 = _flat(out1)
+    p0w = warp_points_torch(p0, H)
+    ok0 = _inside(p0w, wimg, himg, cfg.border_px) & _inside(p0, wimg, himg, cfg.border_px)
+    ok0 &= _valid_at(valid1, p0w.detach().clamp(0, max(wimg, himg)), wimg, himg)
+    ok1 = _inside(p1, wimg, himg, cfg.border_px) & _valid_at(valid1, p1.detach(), wimg, himg)
+
+    dist = torch.cdist(p0w, p1)  # [B, N, M]
+    dist = dist.masked_fill(~ok1[:, None, :], float("inf"))
+    min_d, nn_idx = dist.min(-1)
+    matched = ok0 & (min_d < cfg.match_px)
+    n_matched = int(matched.sum())
+
+    zero = p0.sum() * 0.0
+    loc = min_d[matched].mean() if n_matched else zero
+
+    s1nn = torch.gather(s1, 1, nn_idx)
+    if n_matched:
+        d = min_d[matched].detach()
+        pair_s = 0.5 * (s0[matched] + s1nn[matched])
+        usp = (pair_s * (d - d.mean())).mean()
+        consistency = (s0[matched] - s1nn[matched]).pow(2).mean()
+        score = usp + consistency
+    else:
+        score = zero
+
+    desc_loss, precision = _descriptor_loss(
+        out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones, temperature, cfg
+    )
+    total = cfg.loc_weight * loc + cfg.score_weight * score + cfg.desc_weight * desc_loss
+    parts = {
+        "loss": float(total.detach()),
+        "loc": float(loc.detach()),
+        "score": float(score.detach()),
+        "desc": float(desc_loss.detach()),
+        "desc_precision": precision,
+        "matched_frac": n_matched / max(int(ok0.sum()), 1),
+    }
+    return total, parts
+
+
+def _descriptor_loss(out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones, temperature, cfg):
+    b = p0.shape[0]
+    losses, correct, count = [], 0, 0
+    norm = BinNormTrain(ones, temperature)
+    for i in range(b):
+        sel = ok0[i]
+        if int(sel.sum()) == 0 or int(ok1[i].sum()) == 0:
+            continue
+        a = sample_descriptors(out0["desc"][i], p0[i][sel].detach(), wimg, himg)
+        pos = sample_descriptors(out1["desc"][i], p0w[i][sel].detach(), wimg, himg)
+        cand = p1[i][ok1[i]].detach()
+        neg = sample_descriptors(out1["desc"][i], cand, wimg, himg)
+        if binary:
+            ya, yp, yn = norm(a), norm(pos), norm(neg)
+            d_pos = 1 - (ya * yp).sum(-1) / ones
+            d_neg = 1 - ya @ yn.t() / ones
+            margin = cfg.margin_binary
+        else:
+            ya, yp, yn = (F.normalize(t, dim=-1) for t in (a, pos, neg))
+            d_pos = (2 - 2 * (ya * yp).sum(-1)).clamp_min(1e-8).sqrt()
+            d_neg = (2 - 2 * ya @ yn.t()).clamp_min(1e-8).sqrt()
+            margin = cfg.margin_float
+        too_close = torch.cdist(p0w[i][sel].detach(), cand) < cfg.neg_px
+        d_neg = d_neg.masked_fill(too_close, float("inf"))
+        hardest = d_neg.min(-1).values
+        finite = torch.isfinite(hardest)
+        if int(finite.sum()) == 0:
+            continue
+        losses.append(F.relu(d_pos[finite] - hardest[finite] + margin))
+        correct += int((d_pos[finite] < hardest[finite]).sum())
+        count += int(finite.sum())
+    if not losses:
+        return p0.sum() * 0.0, 0.0
+    return torch.cat(losses).mean(), correct / max(count, 1)

@@ -1,0 +1,258 @@
+"""The training loop: CPU-friendly, checkpointed, resumable, DDP-ready (torchrun, gloo backend).
+
+Files in ``out_dir``:
+    last.pt      resumable checkpoint (model fp32, AdamW moments in bf16, step), rewritten atomically
+    best.pt      weights file (zippy.weights format) of the best validation score so far
+    weights.pt   weights file of the latest checkpoint
+    log.jsonl    one JSON object per logged step / validation
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from zippy.models import KeypointNet, ModelConfig, clip_binary_weights
+from zippy.train.data import TRAIN_GLOBS, AugmentConfig, HomographyPairs, list_images
+from zippy.train.losses import LossConfig, pair_loss
+from zippy.train.validate import ValidationSet, validate
+from zippy.weights import atomic_torch_save, load_weights, save_weights
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "train"]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run (saved in the checkpoint and the log)."""
+
+    images: str
+    out_dir: str
+    backbone: str = "zippypoint"
+    steps: int = 20000
+    batch_size: int = 8
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    workers: int = 1
+    threads: int = 0  # 0: leave torch's default
+    bf16: bool = False
+    channels_last: bool = False
+    ckpt_minutes: float = 5.0
+    val_every: int = 500
+    val_images: str | None = None  # folder of development photos (bsds500_test_* by default)
+    val_pairs: int = 24
+    log_every: int = 10
+    seed: int = 0
+    init: str | None = None  # weights / checkpoint to start from (e.g. a float warm-up)
+    temperature: float | None = None
+    train_globs: tuple[str, ...] = TRAIN_GLOBS
+    loss: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _lr_at(tc: TrainConfig, step: int) -> float:
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    t = (step - tc.warmup_steps) / max(tc.steps - tc.warmup_steps, 1)
+    return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _compact_optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Optimizer state with moment tensors in bf16 (halves the checkpoint); restored to fp32 on load."""
+    sd = opt.state_dict()
+    state = {
+        k: {n: (t.to(torch.bfloat16) if torch.is_tensor(t) and t.ndim > 0 else t) for n, t in v.items()}
+        for k, v in sd["state"].items()
+    }
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def _restore_optimizer_state(opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
+    state = {
+        k: {n: (t.float() if torch.is_tensor(t) and t.ndim > 0 else t) for n, t in v.items()}
+        for k, v in sd["state"].items()
+    }
+    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+
+
+def _init_from(model: KeypointNet, path: str) -> None:
+    """Copy every tensor whose name and shape match from a weights file or checkpoint (e.g. float warm-up)."""
+    p = Path(path)
+    blob = torch.load(p, map_location="cpu", weights_only=True)
+    if "model" in blob:
+        src = blob["model"]
+    else:
+        _, src, _ = load_weights(p)
+    own = model.state_dict()
+    taken = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(taken, strict=False)
+    log.info("initialised %d/%d tensors from %s", len(taken), len(own), p)
+
+
+def _setup_distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) training; returns the path of the latest weights file."""
+    from tqdm import tqdm
+
+    rank, world = _setup_distributed()
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed + rank)
+    out = Path(tc.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out / "last.pt", out / "log.jsonl"
+
+    mcfg = ModelConfig(backbone=tc.backbone)
+    if tc.temperature is not None:
+        mcfg = ModelConfig(**{**mcfg.to_dict(), "widths": mcfg.widths, "options": (), "temperature": tc.temperature})
+    model = KeypointNet(mcfg)
+    lcfg = LossConfig(**tc.loss)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    step, best, elapsed0 = 0, -1.0, 0.0
+    if resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model = KeypointNet(ModelConfig.from_dict(ck["model_config"]))
+        model.load_state_dict(ck["model"], strict=True)
+        opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        _restore_optimizer_state(opt, ck["optimizer"])
+        step, best, elapsed0 = int(ck["step"]), float(ck["best"]), float(ck.get("elapsed_s", 0.0))
+        log.info("resumed from %s at step %d", ckpt_path, step)
+    elif resume:
+        log.warning("--resume: no checkpoint at %s, starting from scratch", ckpt_path)
+    if step == 0 and tc.init:
+        _init_from(model, tc.init)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    files = list_images(tc.images, tuple(tc.train_globs))
+    dataset = HomographyPairs(files, AugmentConfig(), seed=tc.seed)
+    sampler = (
+        DistributedSampler(dataset, num_replicas=world, rank=rank, seed=tc.seed, drop_last=True)
+        if world > 1
+        else RandomSampler(dataset, generator=torch.Generator().manual_seed(tc.seed))
+    )
+    loader_kw = {"num_workers": tc.workers, "persistent_workers": tc.workers > 0, "drop_last": True}
+    loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, **loader_kw)
+    vset = None
+    if _is_main() and tc.val_every > 0:
+        val_dir = tc.val_images or tc.images
+        vfiles = list_images(val_dir, ("bsds500_test_*",) if tc.val_images is None else ("*",))
+        vset = ValidationSet(vfiles[: tc.val_pairs])
+
+    if _is_main():
+        _append_jsonl(log_path, {"event": "start", "step": step, "world": world, "config": asdict(tc)})
+    steps_per_epoch = len(loader)
+    epoch = step // max(steps_per_epoch, 1)
+    bar = tqdm(total=tc.steps, initial=step, disable=not (progress and _is_main()), desc="train", dynamic_ncols=True)
+    t_start, t_ckpt, seen = time.time(), time.time(), 0
+    binary = model.binary_descriptors
+
+    def checkpoint() -> None:
+        elapsed = elapsed0 + time.time() - t_start
+        meta = {"trained": True, "steps": step, "wall_time_s": elapsed, "train_config": asdict(tc)}
+        atomic_torch_save(
+            {
+                "model": model.state_dict(),
+                "model_config": model.cfg.to_dict(),
+                "optimizer": _compact_optimizer_state(opt),
+                "step": step,
+                "best": best,
+                "elapsed_s": elapsed,
+                "train_config": asdict(tc),
+            },
+            ckpt_path,
+        )
+        save_weights(out / "weights.pt", model, meta)
+
+    try:
+        while step < tc.steps:
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            for batch in loader:
+                if step >= tc.steps:
+                    break
+                lr = _lr_at(tc, step)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                x = torch.cat([batch["image0"], batch["image1"]], 0)
+                if tc.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16):
+                    outs = net(x)
+                b = batch["image0"].shape[0]
+                out0 = {k: v[:b].float() for k, v in outs.items()}
+                out1 = {k: v[b:].float() for k, v in outs.items()}
+                loss, parts = pair_loss(
+                    out0,
+                    out1,
+                    batch["H"].double().float(),
+                    batch["valid1"],
+                    binary=binary,
+                    ones=model.cfg.desc_ones,
+                    temperature=model.cfg.temperature,
+                    cfg=lcfg,
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                clip_binary_weights(model)
+                step += 1
+                seen += b * world
+                bar.update(1)
+                bar.set_postfix({k: f"{parts[k]:.3f}" for k in ("loss", "loc", "desc", "desc_precision")})
+                if _is_main() and step % tc.log_every == 0:
+                    rate = seen / max(time.time() - t_start, 1e-9)
+                    _append_jsonl(log_path, {"step": step, "lr": lr, "pairs_per_s": rate, **parts})
+                if vset is not None and step % tc.val_every == 0:
+                    metrics = validate(model, vset)
+                    score = metrics["val_h3"] + metrics["val_mma3"]
+                    _append_jsonl(log_path, {"step": step, "event": "val", **metrics})
+                    bar.write(f"step {step}: {metrics}")
+                    if score > best:
+                        best = score
+                        meta = {"trained": True, "steps": step, "train_config": asdict(tc), **metrics}
+                        meta["wall_time_s"] = elapsed0 + time.time() - t_start
+                        save_weights(out / "best.pt", model, meta)
+                if _is_main() and time.time() - t_ckpt > 60 * tc.ckpt_minutes:
+                    checkpoint()
+                    t_ckpt = time.time()
+            epoch += 1
+    finally:
+        bar.close()
+        if _is_main():
+            checkpoint()
+            _append_jsonl(log_path, {"event": "stop", "step": step})
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return out / "weights.pt"
