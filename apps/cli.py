@@ -28,7 +28,7 @@ COMMANDS: dict[str, str] = {
 # group name -> {sub-command name -> module}
 GROUPS: dict[str, dict[str, str]] = {
     "eval": {"hpatches": "cmd_eval_hpatches", "localization": "cmd_eval_localization", "relpose": "cmd_eval_relpose"},
-    "bench": {"matcher": "cmd_bench_matcher", "extract": "cmd_bench_extract"},
+    "bench": {"matcher": "cmd_bench_matcher", "extract": "cmd_bench_extract", "stream": "cmd_bench_stream"},
 }
 
 
@@ -39,16 +39,26 @@ def _add(sub: argparse._SubParsersAction, name: str, module_name: str) -> None:
     parser.set_defaults(_run=module.run)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser of the `zippy` command."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the `zippy` command.
+
+    Args:
+        only: build the full parser of this command only (its module alone is imported); the other
+            commands are listed by name. None builds every command (for --help).
+    """
     parser = argparse.ArgumentParser(prog="zippy", description="Fast binary keypoints on CPUs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module_name in COMMANDS.items():
-        _add(sub, name, module_name)
+        if only is None or only == name:
+            _add(sub, name, module_name)
+        else:
+            sub.add_parser(name)
     for group, members in GROUPS.items():
         gp = sub.add_parser(group, help=f"{group}: {', '.join(members)}")
+        if only is not None and only != group:
+            continue
         gsub = gp.add_subparsers(dest=f"{group}_command", metavar="NAME")
         gsub.required = True
         for name, module_name in members.items():
@@ -56,9 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    for a in argv:
+        if a in COMMANDS or a in GROUPS:
+            return a
+        if not a.startswith("-"):
+            return None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command_of(argv)).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return int(args._run(args) or 0)

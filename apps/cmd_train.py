@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default=None, help="weights or checkpoint to start from (e.g. a float warm-up)")
     p.add_argument("--temperature", type=float, default=None, help="BinNormTrain temperature")
     p.add_argument("--loss", default="{}", help="JSON overrides of LossConfig, e.g. '{\"desc_weight\": 1}'")
+    p.add_argument("--crop", default="240x320", help="training crop HxW (default 240x320)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--no-progress", action="store_true")
@@ -40,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
         loss = json.loads(args.loss)
     except json.JSONDecodeError as e:
         raise ValueError(f"--loss must be a JSON object, got {args.loss!r}: {e}") from e
+    try:
+        crop = tuple(int(v) for v in args.crop.lower().split("x"))
+    except ValueError:
+        crop = ()
+    if len(crop) != 2 or min(crop) < 16 or crop[0] % 8 or crop[1] % 8:
+        raise ValueError(f"--crop must be HxW with multiples of 8 (>= 16), got {args.crop!r}")
     tc = TrainConfig(
         images=args.images,
         out_dir=args.out,
@@ -58,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
         loss=loss,
+        crop=crop,
     )
     path = train(tc, resume=args.resume, progress=not args.no_progress)
     print(f"weights: {path}")

@@ -6,7 +6,11 @@ Homographies are float64 [3, 3] mapping points of image 0 to image 1.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "corner_error",
@@ -58,23 +62,39 @@ def corner_error(H_est: np.ndarray | None, H_gt: np.ndarray, width: int, height:
 
 
 def estimate_homography(
-    pts0: np.ndarray, pts1: np.ndarray, threshold: float = 3.0, max_iters: int = 5000, confidence: float = 0.9999
+    pts0: np.ndarray,
+    pts1: np.ndarray,
+    threshold: float = 3.0,
+    max_iters: int = 5000,
+    confidence: float = 0.9999,
+    method: str = "ransac",
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """cv2.findHomography with RANSAC. Returns (H or None, inlier mask bool [N])."""
+    """cv2.findHomography on matched points [N,2] -> (H float64 [3,3] or None, inlier mask bool [N]).
+
+    Args:
+        method: "ransac" (classic, the HPatches protocol) or "magsac" (OpenCV USAC_MAGSAC: ~1 ms, for streams).
+    """
     import cv2
 
+    methods = {"ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC}
+    if method not in methods:
+        raise ValueError(f"unknown robust method {method!r}; choose one of {sorted(methods)}")
     n = len(pts0)
     if n < 4:
         return None, np.zeros(n, bool)
-    H, mask = cv2.findHomography(
-        np.asarray(pts0, np.float64),
-        np.asarray(pts1, np.float64),
-        cv2.RANSAC,
-        threshold,
-        maxIters=max_iters,
-        confidence=confidence,
-    )
-    if H is None:
+    try:
+        H, mask = cv2.findHomography(
+            np.asarray(pts0, np.float64),
+            np.asarray(pts1, np.float64),
+            methods[method],
+            threshold,
+            maxIters=max_iters,
+            confidence=confidence,
+        )
+    except cv2.error as e:  # degenerate point sets: a failed estimate, reported as None
+        log.debug("homography estimation failed: %s", e)
+        return None, np.zeros(n, bool)
+    if H is None or mask is None:
         return None, np.zeros(n, bool)
     return H, mask.ravel().astype(bool)
 

@@ -59,6 +59,7 @@ class TrainConfig:
     init: str | None = None  # weights / checkpoint to start from (e.g. a float warm-up)
     temperature: float | None = None
     train_globs: tuple[str, ...] = TRAIN_GLOBS
+    crop: tuple[int, int] = (240, 320)  # training crop (height, width)
     loss: dict[str, Any] = field(default_factory=dict)
 
 
@@ -155,7 +156,8 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     files = list_images(tc.images, tuple(tc.train_globs))
-    dataset = HomographyPairs(files, AugmentConfig(), seed=tc.seed)
+    aug = AugmentConfig(height=tc.crop[0], width=tc.crop[1])
+    dataset = HomographyPairs(files, aug, seed=tc.seed)
     sampler = (
         DistributedSampler(dataset, num_replicas=world, rank=rank, seed=tc.seed, drop_last=True)
         if world > 1
@@ -167,7 +169,7 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     if _is_main() and tc.val_every > 0:
         val_dir = tc.val_images or tc.images
         vfiles = list_images(val_dir, ("bsds500_test_*",) if tc.val_images is None else ("*",))
-        vset = ValidationSet(vfiles[: tc.val_pairs])
+        vset = ValidationSet(vfiles[: tc.val_pairs], aug=aug)
 
     if _is_main():
         _append_jsonl(log_path, {"event": "start", "step": step, "world": world, "config": asdict(tc)})

@@ -1,0 +1,147 @@
+"""Trainer: data pairs, losses, a short run that lowers the loss, checkpoints, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from zippy.geometry import warp_points
+from zippy.models import KeypointNet, ModelConfig
+from zippy.train.data import AugmentConfig, HomographyPairs, list_images
+from zippy.train.losses import LossConfig, pair_loss, warp_points_torch
+from zippy.train.trainer import TrainConfig, train
+from zippy.weights import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """Six small textured photos named like the training split (plus one dev photo)."""
+    import skimage.data
+
+    folder = tmp_path_factory.mktemp("imgs")
+    sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
+    for i, img in enumerate(sources * 2):
+        small = cv2.resize(img, (128, 96), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"bsds500_train_{i}.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "bsds500_test_0.png"), cv2.resize(sources[0], (128, 96)))
+    return folder
+
+
+def test_list_images_split_and_errors(image_folder: Path, tmp_path: Path) -> None:
+    files = list_images(image_folder)
+    assert len(files) == 6 and not any("test" in f.name for f in files)
+    with pytest.raises(NotADirectoryError):
+        list_images(tmp_path / "nope")
+    with pytest.raises(ValueError, match="no images matching"):
+        list_images(tmp_path)
+
+
+def test_pairs_are_consistent_with_their_homography(image_folder: Path) -> None:
+    aug = AugmentConfig(height=64, width=96, brightness=0, contrast=0, saturation=0, hue_deg=0, blur_prob=0, noise_std=0)
+    ds = HomographyPairs(list_images(image_folder), aug, seed=3)
+    item = ds[0]
+    assert item["image0"].shape == (3, 64, 96) and item["image1"].shape == (3, 64, 96)
+    again = ds[0]
+    assert torch.equal(item["image1"], again["image1"])  # deterministic per (seed, epoch, index)
+    # pixels of image0 land on equal pixels of image1 where valid
+    H = item["H"].double().numpy()
+    ys, xs = np.mgrid[8:56:4, 8:88:4]
+    p0 = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+    p1 = warp_points(p0, H)
+    inside = (p1[:, 0] > 1) & (p1[:, 0] < 94) & (p1[:, 1] > 1) & (p1[:, 1] < 62)
+    i1 = np.round(p1[inside]).astype(int)
+    a = item["image0"][:, p0[inside, 1].astype(int), p0[inside, 0].astype(int)]
+    b = item["image1"][:, i1[:, 1], i1[:, 0]]
+    valid = item["valid1"][0, i1[:, 1], i1[:, 0]] > 0
+    err = (a - b).abs().mean(0)[valid]
+    assert float(err.median()) < 0.08
+
+
+def test_warp_points_torch_matches_numpy() -> None:
+    H = torch.tensor([[[1.1, 0.1, 3.0], [-0.05, 0.9, -2.0], [1e-3, 2e-4, 1.0]]])
+    p = torch.rand(1, 20, 2) * 50
+    np.testing.assert_allclose(
+        warp_points_torch(p, H)[0].numpy(), warp_points(p[0].numpy(), H[0].double().numpy()), rtol=1e-5, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("backbone", ["zippypoint", "kp2d"])
+def test_pair_loss_is_finite_and_zero_location_error_for_identity(backbone: str) -> None:
+    model = KeypointNet(ModelConfig(backbone=backbone)).train()
+    x = torch.rand(1, 3, 64, 96)
+    out = model(torch.cat([x, x]))
+    o0 = {k: v[:1] for k, v in out.items()}
+    o1 = {k: v[1:] for k, v in out.items()}
+    loss, parts = pair_loss(
+        o0, o1, torch.eye(3)[None], torch.ones(1, 1, 64, 96), binary=model.binary_descriptors, ones=64,
+        temperature=0.5, cfg=LossConfig(),
+    )  # fmt: skip
+    assert torch.isfinite(loss)
+    assert parts["loc"] < 0.01  # identical images: every keypoint lands on itself (cdist rounding ~1e-3)
+    assert parts["desc_precision"] > 0.5
+    loss.backward()
+
+
+def _run(image_folder: Path, out: Path, steps: int, resume: bool = False) -> Path:
+    tc = TrainConfig(
+        images=str(image_folder), out_dir=str(out), backbone="zippypoint", steps=steps, batch_size=3, lr=1e-3,
+        warmup_steps=1, workers=0, threads=1, val_every=0, crop=(64, 96), ckpt_minutes=100, log_every=1,
+    )  # fmt: skip
+    return train(tc, resume=resume, progress=False)
+
+
+def _fixed_batch_loss(model: KeypointNet, image_folder: Path) -> float:
+    ds = HomographyPairs(list_images(image_folder), AugmentConfig(height=64, width=96), seed=99)
+    items = [ds[i] for i in range(6)]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    model.train()
+    with torch.no_grad():
+        out = model(torch.cat([batch["image0"], batch["image1"]]))
+    o0 = {k: v[:6] for k, v in out.items()}
+    o1 = {k: v[6:] for k, v in out.items()}
+    loss, _ = pair_loss(o0, o1, batch["H"], batch["valid1"], binary=True, ones=64, temperature=0.5, cfg=LossConfig())
+    return float(loss)
+
+
+def test_short_run_lowers_loss_writes_loadable_weights_and_resumes(image_folder: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    init = KeypointNet(ModelConfig(backbone="zippypoint"))
+    before = _fixed_batch_loss(init, image_folder)  # the trainer starts from the same seeded init
+    weights = _run(image_folder, tmp_path / "run", steps=8)
+    model, meta = load_model(weights)
+    assert meta["steps"] == 8 and meta["trained"]
+    after = _fixed_batch_loss(model, image_folder)
+    assert after < before
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 9))
+    # resume continues the step count from the checkpoint
+    _run(image_folder, tmp_path / "run", steps=10, resume=True)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r][-2:] == [9, 10]
+    assert load_model(tmp_path / "run" / "weights.pt")[1]["steps"] == 10
+
+
+def test_ddp_two_processes(image_folder: Path, tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29513",
+        "-m", "zippy_apps.cli", "train", "--images", str(image_folder), "--out", str(tmp_path / "ddp"),
+        "--steps", "2", "--batch-size", "1", "--workers", "0", "--threads", "1", "--val-every", "0",
+        "--crop", "64x96", "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    start = next(r for r in log if r.get("event") == "start")
+    assert start["world"] == 2
+    assert load_model(tmp_path / "ddp" / "weights.pt")[1]["steps"] == 2
