@@ -195,9 +195,7 @@ def render(planes: Sequence[Plane], camera: SyntheticCamera, supersample: int = 
         visible = inside & np.isfinite(z) & (z > 0) & (z < depth)
         if not visible.any():
             continue
-        color = cv2.warpPerspective(
-            plane.texture, Hm, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
+        color = cv2.warpPerspective(plane.texture, Hm, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         out[visible] = color[visible]
         depth[visible] = z[visible]
     if s > 1:

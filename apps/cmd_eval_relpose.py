@@ -1,0 +1,63 @@
+"""`zippy eval relpose`: relative pose (essential matrix) AUC on ScanNet-style pairs.
+
+Example::
+
+    zippy eval relpose ../shared/data/localization/scannet_pairs --methods zippypoint,orb,sift,aliked \
+        --out results/relpose/scannet
+
+Writes summary.json, table.md and pose_error.png under ``--out`` (see :mod:`zippy_eval.relpose`)
+and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from zippy_apps.cmd_eval_localization import _csv, _weights
+
+HELP = "relative pose AUC@5/10/20 deg on ScanNet-style pairs (essential matrix RANSAC)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `zippy eval relpose`."""
+    parser.add_argument("dataset", help="folder with images/ and scannet_sample_pairs_with_gt.txt")
+    parser.add_argument("--methods", default="zippypoint,orb,sift,aliked", help="comma-separated methods")
+    parser.add_argument("--max-keypoints", type=int, default=1024, help="keypoints per image (default 1024)")
+    parser.add_argument("--resize-max", type=int, default=640, help="larger image side for extraction (default 640)")
+    parser.add_argument("--estimator", default="pycolmap", choices=["pycolmap", "opencv"], help="essential matrix")
+    parser.add_argument("--ransac-px", type=float, default=1.0, help="RANSAC threshold in resized pixels (default 1)")
+    parser.add_argument("--out", default="results/relpose/latest", help="output folder")
+    parser.add_argument(
+        "--weights", action="append", default=[], metavar="METHOD=PATH", help="weights file of a method (repeatable)"
+    )
+    parser.add_argument("--engine", default="auto", help="zippy engine: auto, int8, fp32, onnx (default auto)")
+    parser.add_argument("--threads", type=int, default=1, help="torch / OpenCV threads (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute cached features")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation and print the markdown table."""
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, str(args.threads))
+    from zippy_eval.relpose import RelPoseConf
+    from zippy_eval.relpose import run as run_pipeline
+
+    conf = RelPoseConf(
+        methods=tuple(m.lower() for m in _csv(args.methods)),
+        max_keypoints=args.max_keypoints,
+        resize_max=args.resize_max,
+        estimator=args.estimator,
+        ransac_px=args.ransac_px,
+        weights=_weights(args.weights),
+        engine=args.engine,
+        num_threads=args.threads,
+        overwrite=args.overwrite,
+    )
+    summary = run_pipeline(conf, args.dataset, args.out)
+    print((Path(summary).parent / "table.md").read_text(encoding="utf-8"))
+    print(f"results: {summary}")
+    return 0
