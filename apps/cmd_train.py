@@ -26,9 +26,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None, help="BinNormTrain temperature")
     p.add_argument("--loss", default="{}", help="JSON overrides of LossConfig, e.g. '{\"desc_weight\": 1}'")
     p.add_argument("--crop", default="240x320", help="training crop HxW (default 240x320)")
+    p.add_argument("--ste", choices=("ste", "ana"), default="ste", help="estimator of quantized layers' gradients")
+    p.add_argument("--distill", default=None, help="teacher: aliked, an ALIKED .pth, a zippy weights file or 'kp2d'")
+    p.add_argument("--distill-weight", type=float, default=1.0)
+    p.add_argument("--options", default="{}", help="JSON backbone options, e.g. '{\"accumulator_bits\": 20}'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _json_object(flag: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} must be a JSON object, got {text!r}: {e}") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,10 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.backbone not in available():
         raise ValueError(f"unknown backbone {args.backbone!r}; choose one of {available()}")
-    try:
-        loss = json.loads(args.loss)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--loss must be a JSON object, got {args.loss!r}: {e}") from e
+    loss, options = _json_object("--loss", args.loss), _json_object("--options", args.options)
     try:
         crop = tuple(int(v) for v in args.crop.lower().split("x"))
     except ValueError:
@@ -66,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         loss=loss,
         crop=crop,
+        ste=args.ste,
+        distill=args.distill,
+        distill_weight=args.distill_weight,
+        model_options=options,
     )
     path = train(tc, resume=args.resume, progress=not args.no_progress)
     print(f"weights: {path}")

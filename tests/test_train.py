@@ -145,3 +145,17 @@ def test_ddp_two_processes(image_folder: Path, tmp_path: Path) -> None:
     start = next(r for r in log if r.get("event") == "start")
     assert start["world"] == 2
     assert load_model(tmp_path / "ddp" / "weights.pt")[1]["steps"] == 2
+
+
+def test_distillation_from_a_network_teacher_is_logged(image_folder: Path, tmp_path: Path) -> None:
+    from zippy.weights import save_weights
+
+    teacher = save_weights(tmp_path / "teacher.pt", KeypointNet(ModelConfig(backbone="kp2d")), {"trained": False})
+    tc = TrainConfig(
+        images=str(image_folder), out_dir=str(tmp_path / "d"), backbone="zippypoint", steps=2, batch_size=2,
+        warmup_steps=1, workers=0, threads=1, val_every=0, crop=(64, 96), log_every=1, distill=str(teacher),
+    )  # fmt: skip
+    train(tc, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "d" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert len(steps) == 2 and all(np.isfinite(r["distill"]) and r["distill"] > 0 for r in steps)

@@ -43,4 +43,4 @@ def available() -> list[str]:
 
 def _load_builtin() -> None:
     # importing the modules runs their @register decorators
-    from zippy.models import backbones  # noqa: F401
+    from zippy.models import backbones, compression  # noqa: F401

@@ -81,7 +81,9 @@ class HomographyPairs(Dataset):
     """Pairs (source crop, warped target view) with the homography source -> target.
 
     Each item is a dict: ``image0``, ``image1`` float [3, H, W] in [0, 1]; ``H`` float [3, 3] mapping
-    image0 pixels to image1 pixels; ``valid1`` float [1, H, W], 1 where image1 shows the photo.
+    image0 pixels to image1 pixels; ``valid1`` float [1, H, W], 1 where image1 shows the photo;
+    ``index`` (the photo's index in ``files``) and ``M0`` float [3, 3] (photo pixels -> image0 pixels),
+    which cached teachers (zippy.train.distill) use to map their points into both views.
     Items are deterministic for (seed, epoch, index): call :meth:`set_epoch` each epoch.
     """
 
@@ -129,7 +131,11 @@ class HomographyPairs(Dataset):
         valid = cv2.warpPerspective(np.ones((ph, pw), np.uint8), M, (a.width, a.height), flags=cv2.INTER_NEAREST)
         img0 = photometric(src, rng, a, strength=0.3)
         img1 = photometric(tgt, rng, a, strength=1.0) * valid[..., None]
+        # photo pixels -> image0 pixels (resize with pixel centres at integers, then the crop offset)
+        resize = np.array([[s, 0, 0.5 * s - 0.5], [0, s, 0.5 * s - 0.5], [0, 0, 1]], np.float64)
         return {
+            "index": torch.tensor(index),
+            "M0": torch.from_numpy((shift @ resize).astype(np.float32)),
             "image0": torch.from_numpy(img0).permute(2, 0, 1).contiguous(),
             "image1": torch.from_numpy(np.ascontiguousarray(img1)).permute(2, 0, 1).contiguous(),
             "H": torch.from_numpy(H.astype(np.float32)),

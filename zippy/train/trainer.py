@@ -22,8 +22,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from zippy.models import KeypointNet, ModelConfig, clip_binary_weights
+from zippy.models import KeypointNet, ModelConfig, clip_binary_weights, compression
+from zippy.quant.ste import set_ste
 from zippy.train.data import TRAIN_GLOBS, AugmentConfig, HomographyPairs, list_images
+from zippy.train.distill import Distiller, make_teacher
 from zippy.train.losses import LossConfig, pair_loss
 from zippy.train.validate import ValidationSet, validate
 from zippy.weights import atomic_torch_save, load_weights, save_weights
@@ -60,6 +62,10 @@ class TrainConfig:
     temperature: float | None = None
     train_globs: tuple[str, ...] = TRAIN_GLOBS
     crop: tuple[int, int] = (240, 320)  # training crop (height, width)
+    ste: str = "ste"  # straight-through estimator of quantized layers: "ste" or "ana" (additive noise annealing)
+    distill: str | None = None  # teacher: "aliked", an ALIKED .pth, a zippy weights file or a shipped backbone
+    distill_weight: float = 1.0
+    model_options: dict[str, Any] = field(default_factory=dict)  # backbone options (ModelConfig.options)
     loss: dict[str, Any] = field(default_factory=dict)
 
 
@@ -131,10 +137,10 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "last.pt", out / "log.jsonl"
 
-    mcfg = ModelConfig(backbone=tc.backbone)
+    mcfg = {"backbone": tc.backbone, "options": dict(tc.model_options)}
     if tc.temperature is not None:
-        mcfg = ModelConfig(**{**mcfg.to_dict(), "widths": mcfg.widths, "options": (), "temperature": tc.temperature})
-    model = KeypointNet(mcfg)
+        mcfg["temperature"] = tc.temperature
+    model = KeypointNet(ModelConfig.from_dict(mcfg))
     lcfg = LossConfig(**tc.loss)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step, best, elapsed0 = 0, -1.0, 0.0
@@ -150,6 +156,8 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
         log.warning("--resume: no checkpoint at %s, starting from scratch", ckpt_path)
     if step == 0 and tc.init:
         _init_from(model, tc.init)
+    if tc.ste != "ste":
+        set_ste(model, tc.ste)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -158,6 +166,11 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     files = list_images(tc.images, tuple(tc.train_globs))
     aug = AugmentConfig(height=tc.crop[0], width=tc.crop[1])
     dataset = HomographyPairs(files, aug, seed=tc.seed)
+    distiller = None
+    if tc.distill:
+        distiller = Distiller(make_teacher(tc.distill, files=files, cache_dir=out / "teacher_cache"))
+        if _is_main() and hasattr(distiller.teacher, "build_cache"):
+            distiller.teacher.build_cache(progress=progress)
     sampler = (
         DistributedSampler(dataset, num_replicas=world, rank=rank, seed=tc.seed, drop_last=True)
         if world > 1
@@ -225,10 +238,16 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
                     temperature=model.cfg.temperature,
                     cfg=lcfg,
                 )
+                loss = loss + compression.regularization(model)
+                if distiller is not None:
+                    d_loss, d_parts = distiller.loss(out0, out1, batch, model)
+                    loss = loss + tc.distill_weight * d_loss
+                    parts.update(d_parts)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 clip_binary_weights(model)
+                compression.after_step(model, step + 1, tc.steps)
                 step += 1
                 seen += b * world
                 bar.update(1)
