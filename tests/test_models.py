@@ -85,3 +85,26 @@ def test_weights_file_round_trip(tmp_path, calibrated_zippypoint) -> None:
     bad.pop(next(iter(bad)))
     with pytest.raises(RuntimeError, match="Missing key"):
         build_model(cfg, bad)
+
+
+def test_fake_quant_equals_torch_reference() -> None:
+    from zippy.quant.layers import fake_quant, weight_fake_quant
+
+    x = torch.randn(4096) * 5
+    ref = torch.fake_quantize_per_tensor_affine(x, 12 / 255, 128, 0, 255)
+    assert torch.equal(fake_quant(x, 12 / 255, 128, 0, 255), ref)
+    w = torch.randn(16, 8, 3, 3)
+    scale = w.abs().flatten(1).amax(1) / 127
+    ref_w = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(16, dtype=torch.int32), 0, -127, 127)
+    assert torch.allclose(weight_fake_quant(w), ref_w, atol=1e-6)
+    xr = (torch.randn(256) * 10).requires_grad_()
+    fake_quant(xr, 12 / 255, 128, 0, 255).sum().backward()
+    inside = (xr.detach() >= -128 * 12 / 255) & (xr.detach() <= 127 * 12 / 255)
+    assert torch.equal(xr.grad, inside.float())  # straight-through inside the range, 0 outside
+
+
+def test_space_to_depth_matches_pixel_unshuffle() -> None:
+    from zippy.models.net import SpaceToDepth
+
+    x = torch.randn(2, 5, 8, 12)
+    assert torch.equal(SpaceToDepth()(x), torch.nn.functional.pixel_unshuffle(x, 2))

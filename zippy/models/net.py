@@ -10,7 +10,6 @@ Outputs (dict):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from zippy.models.config import ModelConfig
@@ -24,7 +23,9 @@ class SpaceToDepth(nn.Module):
     """[B, C, H, W] -> [B, 4C, H/2, W/2] (replaces pooling)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pixel_unshuffle(x, 2)
+        # same channel order as F.pixel_unshuffle(x, 2) (c * 4 + dy * 2 + dx), faster on CPU here
+        b, c, h, w = x.shape
+        return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, 4 * c, h // 2, w // 2)
 
 
 class KeypointNet(nn.Module):

@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -125,10 +127,25 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.flush()
 
 
+def _raise_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so the final checkpoint is written (as on Ctrl-C)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Run (or resume) training; returns the path of the latest weights file."""
+    """Run (or resume) training; returns the path of the latest weights file.
+
+    Interrupting (Ctrl-C or SIGTERM) writes a final checkpoint before leaving.
+    """
     from tqdm import tqdm
 
+    _raise_on_sigterm()
     rank, world = _setup_distributed()
     if tc.threads:
         torch.set_num_threads(tc.threads)
