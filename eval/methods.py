@@ -13,9 +13,12 @@ Methods:
       local weights (default ``../shared/teachers/aliked-t16.pth`` beside the repository), top-k mode.
     * any zippy backbone (``zippy.available_models()``, e.g. "zippypoint", "kp2d") via ``zippy.load``.
 
-Budget rule for every method: keypoints are ranked by their response / score and the best
-``max_keypoints`` kept (OpenCV methods detect, describe, then keep the top ones, so keypoints dropped
-by the descriptor near the border do not shrink the budget).
+Budget rule: keypoints are ranked by their response / score and the best ``max_keypoints`` kept
+(OpenCV methods detect, describe, then keep the top ones, so keypoints dropped by the descriptor near
+the border do not shrink the budget). ORB (and ORB+TEBLID) use ORB's own budget ``nfeatures =
+max_keypoints``, the standard way to run ORB: it splits the budget over the 8 pyramid levels and
+ranks by Harris response within each level; the result is then sorted by response. SIFT also gets
+``nfeatures = max_keypoints`` (a global ranking by response, as the top-k rule).
 
 A method that cannot run here (no opencv-contrib, no weights file) raises
 :class:`MethodUnavailableError` from :func:`get_method` with the reason; pipelines record the reason
@@ -225,7 +228,8 @@ class AlikedMethod(Method):
         bad_missing = [k for k in missing if not k.endswith("hw_grid")]
         if bad_missing or unexpected:
             raise ValueError(
-                f"aliked: {path} does not fit {model_name}: missing {bad_missing[:5]}, unexpected {list(unexpected)[:5]}"
+                f"aliked: {path} does not fit {model_name}: "
+                f"missing {bad_missing[:5]}, unexpected {list(unexpected)[:5]}"
             )
         self._model = model.eval()
 

@@ -32,7 +32,7 @@ _IMAGE_RE = re.compile(r"^(\d+)\.(ppm|pgm|png|jpe?g)$", re.IGNORECASE)
 
 
 def sequence_kind(name: str) -> str:
-    """"i" (illumination), "v" (viewpoint) or "other" from the HPatches name prefix."""
+    """ "i" (illumination), "v" (viewpoint) or "other" from the HPatches name prefix."""
     if name.startswith("i_"):
         return "i"
     if name.startswith("v_"):
@@ -82,7 +82,7 @@ class HSequence:
 
     @property
     def kind(self) -> str:
-        """"i", "v" or "other"."""
+        """ "i", "v" or "other"."""
         return sequence_kind(self.name)
 
     @property
@@ -233,5 +233,7 @@ def load_hpatches(
         logger.warning("skipping sequence %s: %s", name, reason)
     if not sequences:
         detail = f"; skipped: {skipped}" if skipped else ""
-        raise ValueError(f"no usable HPatches sequence under {root} (include={include}, exclude={list(exclude)}){detail}")
+        raise ValueError(
+            f"no usable HPatches sequence under {root} (include={include}, exclude={list(exclude)}){detail}"
+        )
     return HPatchesDataset(root, sequences, skipped)

@@ -1,0 +1,160 @@
+"""End to end: generated HPatches-like sequences -> ORB and zippy -> summary.json, table.md, plot, cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from zippy_eval.hpatches.generate import GeneratorConfig, generate_sequences
+from zippy_eval.hpatches.pipeline import HPatchesConfig, Setting, run
+
+pytest.importorskip("zippy.matching", reason="zippy.matching (the Hamming / L2 matcher) is not there yet")
+
+SETTING = Setting(240, 320, 300)
+
+
+def textured_photo(path: Path, seed: int) -> Path:
+    """Random shapes on a gradient, lightly blurred: a photo-like image with many corners (320x240)."""
+    rng = np.random.default_rng(seed)
+    h, w = 240, 320
+    img = np.dstack([np.tile(np.linspace(60, 200, w), (h, 1))] * 3).astype(np.uint8)
+    for _ in range(120):
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        if rng.random() < 0.5:
+            cv2.rectangle(img, (x0, y0), (x0 + int(rng.integers(5, 40)), y0 + int(rng.integers(5, 40))), color, -1)
+        else:
+            cv2.circle(img, (x0, y0), int(rng.integers(3, 20)), color, -1)
+    assert cv2.imwrite(str(path), cv2.GaussianBlur(img, (0, 0), 0.8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("photos")
+    photos = [textured_photo(src / f"photo{i}.png", i) for i in range(2)]
+    out = tmp_path_factory.mktemp("hpatches_like")
+    generate_sequences(photos, out, GeneratorConfig(n=2, seed=0, num_images=3))
+    broken = out / "v_broken"
+    shutil.copytree(out / sorted(p.name for p in out.iterdir() if p.name.startswith("v_"))[0], broken)
+    (broken / "H_1_3").unlink()
+    return out
+
+
+def zippy_methods() -> tuple[str, ...]:
+    import zippy
+
+    try:
+        return ("zippypoint",) if "zippypoint" in zippy.available_models() else ()
+    except ImportError:
+        return ()
+
+
+def test_orb_and_zippy_end_to_end(dataset, tmp_path):
+    methods = ("orb", *zippy_methods(), "aliked")
+    conf = HPatchesConfig(
+        methods=methods, settings=(SETTING,), weights={"aliked": str(tmp_path / "absent.pth")}, threads=1
+    )
+    out = tmp_path / "results"
+    summary_path = run(conf, dataset, out)
+    summary = json.loads(summary_path.read_text())
+
+    # protocol, provenance, skips are all in the file
+    assert summary["protocol"]["homography"]["ransac_threshold_px"] == 3.0
+    assert summary["protocol"]["settings"][0]["tag"] == SETTING.tag
+    assert "aliked" in summary["skipped_methods"] and "absent.pth" in summary["skipped_methods"]["aliked"]
+    dtag = dataset.name
+    assert summary["dataset"][dtag]["skipped"] == {"v_broken": "missing H_1_3"}
+    assert summary["environment"]["versions"]["opencv"] == cv2.__version__
+    evaluated = [m for m in methods if m != "aliked"]
+    assert sorted(summary["methods"]) == sorted(evaluated)
+
+    # 2 sequences x 2 pairs per method
+    assert len(summary["rows"]) == 4 * len(evaluated)
+    agg = summary["aggregates"][dtag][SETTING.tag]
+    orb = agg["orb"]["all"]
+    assert orb["num_pairs"] == 4 and agg["orb"]["i"]["num_pairs"] == 2 and agg["orb"]["v"]["num_pairs"] == 2
+    # easy synthetic pairs: ORB must do well (thresholds well below what it reaches)
+    assert orb["repeatability"] > 0.4 and orb["mma@3"] > 0.5 and orb["h_acc@5"] >= 0.5
+    assert len(orb["mma"]) == 10 and orb["mma"][0] <= orb["mma"][-1]
+    for m in evaluated:
+        a = agg[m]["all"]
+        assert 0.0 <= a["repeatability"] <= 1.0 and 0.0 <= a["matching_score"] <= 1.0
+        assert summary["timings_ms_per_image"][dtag][SETTING.tag][m] > 0
+    if "zippypoint" in evaluated:
+        assert "trained" in summary["methods"]["zippypoint"]["params"]
+
+    table = (out / "table.md").read_text()
+    assert "| orb |" in table and SETTING.tag in table and "v_broken" in table
+    assert (out / f"mma_{dtag}.png").stat().st_size > 1000
+
+    # rerun: every feature comes from the cache (files untouched), same numbers
+    npz = sorted((out / "cache").rglob("*.npz"))
+    assert len(npz) == 6 * len(evaluated)
+    mtimes = [p.stat().st_mtime_ns for p in npz]
+    again = json.loads(run(conf, dataset, out).read_text())
+    assert [p.stat().st_mtime_ns for p in npz] == mtimes
+    assert again["aggregates"] == summary["aggregates"]
+    # --overwrite recomputes
+    run(HPatchesConfig(methods=("orb",), settings=(SETTING,), overwrite=True), dataset, out)
+    orb_files = [p for p in npz if "orb" in p.parts[len(out.parts) + 1]]
+    assert all(p.stat().st_mtime_ns != t for p, t in zip(npz, mtimes) if p in orb_files)
+
+
+def cli(module_name: str, argv: list[str]) -> int:
+    """Run one command module the way apps/cli.py does (parser from add_arguments, then run)."""
+    import argparse
+    import importlib
+
+    module = importlib.import_module(f"zippy_apps.{module_name}")
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))
+
+
+def test_cli_eval_hpatches(dataset, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert (
+        cli("cmd_eval_hpatches", [str(dataset), "--methods", "orb", "--settings", "240x320:300", "--out", str(out)])
+        == 0
+    )
+    assert "| orb |" in capsys.readouterr().out
+    assert (out / "summary.json").is_file()
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        cli("cmd_eval_hpatches", [str(dataset), "--methods", "nope", "--out", str(out)])
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH:TOPK"):
+        cli("cmd_eval_hpatches", [str(dataset), "--settings", "240:300", "--out", str(out)])
+    with pytest.raises(ValueError, match="METHOD=PATH"):
+        cli("cmd_eval_hpatches", [str(dataset), "--weights", "x.pth", "--out", str(out)])
+
+
+def test_cli_make_hpatches_like(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    textured_photo(src / "a_1.png", 0)
+    textured_photo(src / "b_1.png", 1)
+    argv = [str(src), str(tmp_path / "out"), "--n", "2", "--num-images", "2", "--glob", "a_*"]
+    assert cli("cmd_make_hpatches_like", argv) == 0
+    assert "2 sequences (1 v_, 1 i_)" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["generation.json", "i_a_1_r1", "v_a_1"]
+    with pytest.raises(ValueError, match="no photos"):
+        cli("cmd_make_hpatches_like", [str(src), str(tmp_path / "o2"), "--glob", "zzz*"])
+
+
+def test_result_helpers(tmp_path):
+    from zippy_eval.results import markdown_table, to_jsonable, write_json
+
+    doc = {"a": np.float32(0.5), "b": float("inf"), "c": np.arange(3), "d": (np.int64(2), None), "e": tmp_path}
+    assert to_jsonable(doc) == {"a": 0.5, "b": None, "c": [0, 1, 2], "d": [2, None], "e": str(tmp_path)}
+    path = write_json(tmp_path / "x" / "s.json", {"nan": float("nan")})
+    assert json.loads(path.read_text()) == {"nan": None}
+    assert not list((tmp_path / "x").glob("*.tmp"))
+    table = markdown_table(["m", "v", "n"], [["orb", 0.51234, 7], ["x", None, float("inf")]], [".3f", ".2f", ".0f"])
+    assert table.splitlines() == ["| m | v | n |", "|---|---|---|", "| orb | 0.51 | 7 |", "| x | - | - |"]
+    with pytest.raises(ValueError, match="cells"):
+        markdown_table(["a"], [[1, 2]])
