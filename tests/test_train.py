@@ -159,3 +159,17 @@ def test_distillation_from_a_network_teacher_is_logged(image_folder: Path, tmp_p
     log = [json.loads(line) for line in (tmp_path / "d" / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
     assert len(steps) == 2 and all(np.isfinite(r["distill"]) and r["distill"] > 0 for r in steps)
+
+
+def test_batchnorm_recalibration_matches_batch_statistics() -> None:
+    from zippy.train.bn import recalibrate_batchnorm
+
+    model = KeypointNet(ModelConfig(backbone="kp2d"))
+    x = torch.rand(4, 3, 32, 32)
+    n = recalibrate_batchnorm(model.eval(), [x[:2], x[2:]])
+    assert n == 4 and not model.training
+    bn = model.stem[1]
+    with torch.no_grad():
+        pre = model.stem[0](x)
+    torch.testing.assert_close(bn.running_mean, pre.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.1  # restored

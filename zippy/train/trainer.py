@@ -3,7 +3,7 @@
 Files in ``out_dir``:
     last.pt      resumable checkpoint (model fp32, AdamW moments in bf16, step), rewritten atomically
     best.pt      weights file (zippy.weights format) of the best validation score so far
-    weights.pt   weights file of the latest checkpoint
+    weights.pt   weights file of the latest validation / the end of the run (BN recalibrated)
     log.jsonl    one JSON object per logged step / validation
 """
 
@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from zippy.models import KeypointNet, ModelConfig, clip_binary_weights, compression
 from zippy.quant.ste import set_ste
+from zippy.train.bn import recalibrate_batchnorm
 from zippy.train.data import TRAIN_GLOBS, AugmentConfig, HomographyPairs, list_images
 from zippy.train.distill import Distiller, make_teacher
 from zippy.train.losses import LossConfig, pair_loss
@@ -68,6 +69,7 @@ class TrainConfig:
     distill: str | None = None  # teacher: "aliked", an ALIKED .pth, a zippy weights file or a shipped backbone
     distill_weight: float = 1.0
     model_options: dict[str, Any] = field(default_factory=dict)  # backbone options (ModelConfig.options)
+    bn_recal_batches: int = 8  # batches of training pairs used to recalibrate BN before validating / exporting
     loss: dict[str, Any] = field(default_factory=dict)
 
 
@@ -209,9 +211,24 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     t_start, t_ckpt, seen = time.time(), time.time(), 0
     binary = model.binary_descriptors
 
+    recal_set = HomographyPairs(files, aug, seed=tc.seed + 1000)
+
+    def recalibrate() -> None:
+        def batches():
+            for i in range(tc.bn_recal_batches):
+                items = [recal_set[(i * tc.batch_size + j) % len(recal_set)] for j in range(tc.batch_size)]
+                views = [torch.stack([it[key] for it in items]) for key in ("image0", "image1")]
+                yield torch.cat(views)
+
+        recalibrate_batchnorm(model, batches())
+
+    def export(name: str, metrics: dict[str, float] | None = None) -> None:
+        meta = {"trained": True, "steps": step, "train_config": asdict(tc), **(metrics or {})}
+        meta["wall_time_s"] = elapsed0 + time.time() - t_start
+        save_weights(out / name, model, meta)
+
     def checkpoint() -> None:
         elapsed = elapsed0 + time.time() - t_start
-        meta = {"trained": True, "steps": step, "wall_time_s": elapsed, "train_config": asdict(tc)}
         atomic_torch_save(
             {
                 "model": model.state_dict(),
@@ -224,7 +241,6 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
             },
             ckpt_path,
         )
-        save_weights(out / "weights.pt", model, meta)
 
     try:
         while step < tc.steps:
@@ -273,15 +289,15 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
                     rate = seen / max(time.time() - t_start, 1e-9)
                     _append_jsonl(log_path, {"step": step, "lr": lr, "pairs_per_s": rate, **parts})
                 if vset is not None and step % tc.val_every == 0:
+                    recalibrate()
                     metrics = validate(model, vset)
                     score = metrics["val_h3"] + metrics["val_mma3"]
                     _append_jsonl(log_path, {"step": step, "event": "val", **metrics})
                     bar.write(f"step {step}: {metrics}")
+                    export("weights.pt", metrics)
                     if score > best:
                         best = score
-                        meta = {"trained": True, "steps": step, "train_config": asdict(tc), **metrics}
-                        meta["wall_time_s"] = elapsed0 + time.time() - t_start
-                        save_weights(out / "best.pt", model, meta)
+                        export("best.pt", metrics)
                 if _is_main() and time.time() - t_ckpt > 60 * tc.ckpt_minutes:
                     checkpoint()
                     t_ckpt = time.time()
@@ -290,6 +306,8 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
         bar.close()
         if _is_main():
             checkpoint()
+            recalibrate()
+            export("weights.pt")
             _append_jsonl(log_path, {"event": "stop", "step": step})
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
