@@ -6,6 +6,7 @@ import argparse
 import time
 
 import numpy as np
+
 from zippy_apps.common import add_model_arguments, load_extractor, match_and_fit
 
 HELP = "extract, match and fit a homography on a built-in photo warped by a known homography"
@@ -44,9 +45,8 @@ def demo_pair(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zippy_apps.pairviz import draw_matches, write_png
-
     from zippy.geometry import corner_error
+    from zippy_apps.pairviz import draw_matches, write_png
 
     img0, img1, H_gt = demo_pair(args.image)
     ex = load_extractor(args)

@@ -18,9 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zippy_apps.pairviz import draw_matches, write_png
-
     from zippy.image import read_image
+    from zippy_apps.pairviz import draw_matches, write_png
 
     img0, img1 = read_image(args.image0), read_image(args.image1)
     ex = load_extractor(args)

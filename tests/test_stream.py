@@ -10,13 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from zippy_apps import cmd_stream, stream
-from zippy_apps.draw import TRACKED, Drawer, display_available
-from zippy_apps.stream import FrameResult, SourceError, Tracker, track
-from zippy_apps.bench_stream import synthetic_homographies, write_synthetic_video
 
 from zippy.features import Features
 from zippy.geometry import corner_error
+from zippy_apps import cmd_stream, stream
+from zippy_apps.bench_stream import synthetic_homographies, write_synthetic_video
+from zippy_apps.draw import TRACKED, Drawer, display_available
+from zippy_apps.stream import FrameResult, SourceError, Tracker, track
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TUM = SHARED / "localization" / "tum_freiburg_sequence"

@@ -47,7 +47,8 @@ def test_list_images_split_and_errors(image_folder: Path, tmp_path: Path) -> Non
 
 
 def test_pairs_are_consistent_with_their_homography(image_folder: Path) -> None:
-    aug = AugmentConfig(height=64, width=96, brightness=0, contrast=0, saturation=0, hue_deg=0, blur_prob=0, noise_std=0)
+    still = {"brightness": 0, "contrast": 0, "saturation": 0, "hue_deg": 0, "blur_prob": 0, "noise_std": 0}
+    aug = AugmentConfig(height=64, width=96, **still)
     ds = HomographyPairs(list_images(image_folder), aug, seed=3)
     item = ds[0]
     assert item["image0"].shape == (3, 64, 96) and item["image1"].shape == (3, 64, 96)
