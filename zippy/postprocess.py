@@ -6,6 +6,7 @@ little next to the network.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,7 +20,8 @@ def cell_nms(score: torch.Tensor, coords: torch.Tensor, radius: float, reach: in
 
     A cell's keypoint is suppressed when a keypoint of a cell at most ``reach`` cells away lies within
     ``radius`` px and has a higher score (equal scores: the lower flat index wins). With offsets of at
-    most +-7 px (cell 8, cross ratio 2) reach = 2 covers every radius up to 10 px.
+    most +-7 px (cell 8, cross ratio 2) reach = 2 covers every radius up to 10 px. Cells with score
+    <= 0 (the masked border) are never kept. One pass: a suppressed keypoint still suppresses others.
 
     Args:
         score: float [hc, wc] cell scores.
@@ -33,18 +35,24 @@ def cell_nms(score: torch.Tensor, coords: torch.Tensor, radius: float, reach: in
     keep = score > 0
     if radius <= 0:
         return keep
-    k = 2 * reach + 1
-    idx = torch.arange(hc * wc, dtype=score.dtype, device=score.device).reshape(1, 1, hc, wc)
-    stack = torch.cat([coords[None], score[None, None], idx], 1)  # [1, 4, hc, wc]
-    # pad with score -1 so padded neighbours never suppress
-    pad_val = torch.tensor([0.0, 0.0, -1.0, 0.0], dtype=score.dtype).view(1, 4, 1, 1)
-    padded = F.pad(stack - pad_val, (reach,) * 4) + pad_val
-    nb = F.unfold(padded, k).view(4, k * k, hc * wc)  # [4, k*k, n]
-    x, y, s, i = stack.view(4, 1, hc * wc).unbind(0)
-    close = (nb[0] - x) ** 2 + (nb[1] - y) ** 2 <= radius**2
-    better = (nb[2] > s) | ((nb[2] == s) & (nb[3] < i))
-    suppressed = (close & better).any(0)
-    return keep & ~suppressed.view(hc, wc)
+    r = int(reach)
+    # neighbours outside the map get score -1 and never suppress; the interior is copied exactly
+    s_pad = F.pad(score[None, None], (r,) * 4, value=-1.0)[0, 0]
+    c_pad = F.pad(coords[None], (r,) * 4)[0]
+    x, y = coords[0], coords[1]
+    r2 = float(radius) ** 2
+    suppressed = torch.zeros_like(keep)
+    for di in range(-r, r + 1):
+        for dj in range(-r, r + 1):
+            if di == 0 and dj == 0:
+                continue
+            rows, cols = slice(r + di, r + di + hc), slice(r + dj, r + dj + wc)
+            s_nb = s_pad[rows, cols]
+            # equal scores: the neighbour wins when its flat index is lower
+            better = s_nb >= score if di * wc + dj < 0 else s_nb > score
+            close = (c_pad[0, rows, cols] - x).square_() + (c_pad[1, rows, cols] - y).square_() <= r2
+            suppressed |= better & close
+    return keep & ~suppressed
 
 
 def select_keypoints(
@@ -98,5 +106,35 @@ def sample_descriptors(desc: torch.Tensor, keypoints: torch.Tensor, width: int, 
 def finalize_descriptors(desc: torch.Tensor, binary: bool, ones: int) -> torch.Tensor:
     """Binary: hard top-k bits packed to uint8 [N, D/8]. Float: L2-normalized float32 [N, D]."""
     if binary:
-        return bits_to_packed(hard_topk(desc, ones))
+        return packed_topk(desc, ones)
     return F.normalize(desc.float(), dim=-1)
+
+
+def packed_topk(desc: torch.Tensor, k: int) -> torch.Tensor:
+    """Bits of the k largest entries of each row, packed MSB first: uint8 [N, D/8].
+
+    The same bits as ``bits_to_packed(hard_topk(desc, k))`` (ties: lowest index first) without a full
+    sort: the k-th largest value t is found by partitioning, every entry > t is set, then the first entries
+    equal to t fill the row up to k.
+
+    Args:
+        desc: float [N, D], D a multiple of 8.
+        k: ones per row, 0 < k < D.
+    """
+    n, d = desc.shape
+    if not 0 < k < d:
+        raise ValueError(f"k must be in (0, {d}), got {k}")
+    if d % 8:
+        raise ValueError(f"bit count must be a multiple of 8, got {d}")
+    if n == 0:
+        return torch.zeros((0, d // 8), dtype=torch.uint8)
+    x = desc.detach().float().cpu().numpy()
+    t = np.partition(x, d - k, axis=-1)[:, d - k : d - k + 1]  # the k-th largest value of each row
+    if not np.isfinite(t).all():
+        return bits_to_packed(hard_topk(desc, k))  # NaN / inf rows: the sorting definition decides
+    bits = x >= t
+    extra = bits.sum(-1) - k  # > 0 only where several entries tie at t
+    for i in np.flatnonzero(extra > 0):
+        ties = np.flatnonzero(x[i] == t[i, 0])
+        bits[i, ties[len(ties) - extra[i] :]] = False  # the highest-index ties lose
+    return torch.from_numpy(np.packbits(bits, axis=-1))

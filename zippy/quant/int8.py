@@ -3,39 +3,49 @@
 :func:`convert` turns a trained (fake-quantized) zippypoint :class:`~zippy.models.KeypointNet` into
 :class:`Int8KeypointNet`, which computes the same outputs with integer convolutions:
 
-* 8-bit convs (:class:`~zippy.quant.layers.QConv2d`): the trained per-channel symmetric int8 weights,
-  with the following BatchNorm folded in. Folding is exact: it multiplies each output channel's scale
-  by ``gamma / sqrt(var + eps)`` and flips the integer weights where that factor is negative.
+* 8-bit convs (:class:`~zippy.quant.layers.QConv2d`): the trained per-channel symmetric int8 weights
+  (from the model's own weight quantizer), with the following BatchNorm folded in. Folding is exact:
+  it multiplies each output channel's scale by ``gamma / sqrt(var + eps)`` and flips the integer
+  weights where that factor is negative.
 * binary convs (:class:`~zippy.quant.layers.BinaryConv2d`): int8 convs with +-1 weights. The input
   is not the +-1 tensor itself but ``b = (x < 0)`` in {0, 1}: with ``sign(x) = 1 - 2b`` and the +1
   padding of training (``b = 0`` there, which is exactly the kernel's zero padding),
   ``conv(sign(x), s) = sum(s) - 2 conv(b, s)``, i.e. int8 weights ``-s`` with scale 2 and the
-  per-channel bias ``sum(s)``. The integer result is exact.
+  per-channel bias ``sum(s)``. The integer result y is exact; it leaves the kernel as uint8
+  ``clamp(y, 0, 255)`` when the next quantizer saturates by 255 (else as float32).
 * activations stay uint8 on the grids learnt in training (:meth:`ActQuant.qparams`): the fixed
   [0, 1] image grid, the fixed +-residual_range stream, the EMA ranges. Nothing is recalibrated.
-  The three tensors that have no grid in training (the stem's pre-activation, the heads' ReLU
-  outputs that feed the float head convs, the descriptor map) never exist in 8 bits: each lives
-  inside one fused oneDNN kernel (int32 accumulator -> scale -> bias -> activation -> requantize to
-  the next grid, or float output). So no tensor is calibrated.
-* the float parts run in float: the two tiny head output convs (score, position), sigmoid / tanh,
-  and the descriptor output (float [B, D, H/4, W/4], dequantized inside its kernel).
+* every step whose input takes few values is a lookup table computed by the trained model's own
+  modules at conversion time, so it rounds exactly as the fake-quantized model does, exact ties
+  included: the binary branch (integer y -> ReLU -> ActQuant -> BatchNorm -> residual grid; y is an
+  integer and EMA ranges often are too, so exact ties are systematic there) and every move of a
+  tensor between two grids. One fused numba pass per binary block applies the tables, adds the
+  residual (saturating) and writes the next block's binary input.
+* the 1x1 pools read tensors whose values repeat over flat image regions, where one near-tie of the
+  requantization would repeat too: oneDNN gives them the exact integer accumulator and the
+  scale / bias / ReLU / rounding run in float64 (numba). The other 8-bit convs requantize inside
+  oneDNN (float32).
+* the three tensors that have no grid in training never exist in 8 bits: the stem's pre-activation
+  (hardswish fused in the kernel, output on the first pool's grid), the heads' ReLU outputs (float
+  output, fed to the float score / position convs) and the descriptor map (float output).
 
-Kernels (API pinned to torch 2.13, see ``KERNELS``): ``torch.ops.onednn.qconv_prepack`` /
-``qconv2d_pointwise`` / ``qbatch_norm2d`` on plain uint8 tensors in channels-last layout, the
-operators that torch's PT2E x86 lowering emits (AMX / VNNI int8 kernels where present). They avoid
-``torch.ao.quantization`` and the quantized tensor types that torch 2.13 deprecates, so no
-deprecation warning is raised. ``onednn.qadd.tensor`` is not used: in torch 2.13 its uint8 output
-wraps around instead of saturating. Element-wise uint8 steps (sign, residual add, re-gridding) use
-OpenCV's saturating SIMD kernels.
+Kernels (API pinned to torch 2.13, see ``KERNELS``): ``torch.ops.onednn.qconv_prepack`` and
+``qconv2d_pointwise`` on plain uint8 tensors in channels-last layout, the operators that torch's PT2E
+x86 lowering emits (AMX / VNNI int8 kernels where present). They avoid ``torch.ao.quantization``
+and the quantized tensor types that torch 2.13 deprecates, so no deprecation warning is raised.
+``onednn.qadd.tensor`` is not used: in torch 2.13 its uint8 output wraps around instead of
+saturating. Re-gridding uses OpenCV's LUT kernel; the fused element-wise passes use numba.
 
-Equivalence: every integer product and sum is exact; the float steps (requantization scale, folded
-BN, the residual stream's BatchNorm) round like the fake-quantized model up to float32 ties, so a
-rare activation may differ by one step. tests/test_int8.py checks descriptors and keypoints on real
-photos against the fake-quantized fp32 model.
+Equivalence: integer products and sums are exact and the binary branches round exactly as the model
+does; the oneDNN requantization of the other 8-bit convs rounds like the fake-quantized model up to
+float32 noise (the fake model's own fp32 convolutions carry as much), so a rare activation differs by
+one step, and the binary layers that follow can spread it. tests/test_int8.py checks keypoints and
+descriptors on real photos against the fake-quantized fp32 model.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 from dataclasses import dataclass
@@ -46,13 +56,13 @@ from torch import nn
 
 from zippy.models.layers import ConvBNAct, Residual
 from zippy.models.net import KeypointNet, SpaceToDepth, _cell_coords, _mask_border
-from zippy.quant.layers import ActQuant, BinaryConv2d, QConv2d
+from zippy.quant.layers import ActQuant, BinaryConv2d, QConv2d, weight_fake_quant
 
 log = logging.getLogger(__name__)
 
 __all__ = ["KERNELS", "Grid", "Int8KeypointNet", "convert", "unsupported_reason"]
 
-KERNELS = ("onednn::qconv_prepack", "onednn::qconv2d_pointwise", "onednn::qbatch_norm2d")
+KERNELS = ("onednn::qconv_prepack", "onednn::qconv2d_pointwise")
 
 _UINT8_MAX = 255
 
@@ -71,16 +81,43 @@ class Grid:
         scale, zp = quant.qparams()
         return cls(float(scale), int(zp))
 
-    def values(self) -> torch.Tensor:
-        """float32 [256]: the real value of every q, computed by the same kernel as the fake quantizer."""
-        q = torch.arange(_UINT8_MAX + 1, dtype=torch.float32)
-        v = (q - self.zero_point) * self.scale
-        return torch.fake_quantize_per_tensor_affine(v, self.scale, self.zero_point, 0, _UINT8_MAX)
 
-    def quantize_values(self, v: torch.Tensor) -> torch.Tensor:
-        """uint8 q of float values v, rounding exactly as ActQuant's fake quantization does."""
-        fq = torch.fake_quantize_per_tensor_affine(v.float(), self.scale, self.zero_point, 0, _UINT8_MAX)
-        return (torch.round(fq / self.scale) + self.zero_point).clamp(0, _UINT8_MAX).to(torch.uint8)
+class _Quantizer:
+    """A trained ActQuant as a function float values -> uint8 q, evaluated with the module itself.
+
+    Tables built with it round exactly as the fake-quantized model does (ties included), whatever
+    float formula the quantizer uses. The module is run in eval mode with fake quantization on.
+    """
+
+    def __init__(self, module: ActQuant):
+        self.module = module
+        self.grid = Grid.of(module)
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        out = _run_eval(self.module, v.float())
+        q = torch.round(out.double() / self.grid.scale) + self.grid.zero_point
+        return q.clamp(0, _UINT8_MAX).to(torch.uint8)
+
+    def values(self) -> torch.Tensor:
+        """float32 [256]: the value the model's quantizer holds for each q."""
+        q = torch.arange(_UINT8_MAX + 1, dtype=torch.float64)
+        return _run_eval(self.module, ((q - self.grid.zero_point) * self.grid.scale).float())
+
+
+def _run_eval(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x) in eval mode with its fake quantization enabled (state restored afterwards)."""
+    training = module.training
+    enabled = getattr(module, "enabled", None)
+    try:
+        module.train(False)
+        if enabled is not None:
+            module.enabled = True
+        with torch.no_grad():
+            return module(x)
+    finally:
+        module.train(training)
+        if enabled is not None:
+            module.enabled = enabled
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -92,13 +129,14 @@ def _kernels_missing() -> str | None:
         return f"the int8 kernels need an x86 CPU, this is {machine!r}"
     if not torch.backends.mkldnn.is_available():
         return "torch was built without oneDNN (mkldnn)"
-    for name in ("qconv_prepack", "qconv2d_pointwise", "qbatch_norm2d"):
+    for name in ("qconv_prepack", "qconv2d_pointwise"):
         if not hasattr(torch.ops.onednn, name):
             return f"torch {torch.__version__} has no torch.ops.onednn.{name}"
     try:
         import cv2  # noqa: F401
+        import numba  # noqa: F401
     except ImportError as e:
-        return f"OpenCV is missing ({e})"
+        return f"a dependency is missing ({e})"
     return None
 
 
@@ -147,14 +185,17 @@ def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _int8_weights(conv: QConv2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """The trained integer weights int8 [O, I, k, k] and per-channel scales float64 [O] of a QConv2d."""
+    """The trained integer weights int8 [O, I, k, k] and per-channel scales float64 [O] of a QConv2d.
+
+    The integers come from the model's own weight quantizer (``weight_fake_quant``), so they round
+    as the fake-quantized model does, ties included.
+    """
     if conv.bits != 8:
         raise _Unsupported(f"int8 engine needs 8-bit weights, got {conv.bits}-bit")
     w = conv.weight.detach().float()
     qmax = 2 ** (conv.bits - 1) - 1
     scale = w.abs().flatten(1).amax(1).clamp_min(1e-8) / qmax
-    zp = torch.zeros(w.shape[0], dtype=torch.int32)
-    wq = torch.fake_quantize_per_channel_affine(w, scale, zp, 0, -qmax, qmax)
+    wq = weight_fake_quant(w, conv.bits)
     n = torch.round(wq / scale.view(-1, 1, 1, 1)).clamp(-qmax, qmax)
     return n.to(torch.int8), scale.double()
 
@@ -185,8 +226,10 @@ class Int8Conv(nn.Module):
         self.padding = [padding, padding]
         self.grid_in, self.grid_out, self.act = grid_in, grid_out, act
         # scales below float32's normal range would underflow in the kernel: such channels have zero weights
+        self.w_scale64 = w_scale.double().clone()
         self.w_scale = w_scale.clamp_min(1e-30).float().contiguous()
         self.w_zp = torch.zeros(self.out_channels, dtype=torch.int32)
+        self.bias64 = None if bias is None else bias.double().clone()
         self.bias = None if bias is None else bias.float().contiguous()
         self.weight_int8 = weight.to(torch.int8).contiguous()
         self._packed = torch.ops.onednn.qconv_prepack(
@@ -259,14 +302,19 @@ def qconv_bn(
     return Int8Conv(n, scale, bias, padding=conv.padding[0], grid_in=Grid.of(quant), grid_out=grid_out, act=act)
 
 
-def binary_conv(conv: BinaryConv2d, grid_out: Grid, where: str) -> Int8Conv:
-    """Int8Conv of a BinaryConv2d with fused ReLU, taking b = (x < 0) in {0, 1} (see the module doc)."""
+def binary_conv(conv: BinaryConv2d, where: str, *, clamp_uint8: bool) -> Int8Conv:
+    """Int8Conv of a BinaryConv2d taking b = (x < 0) in {0, 1} (see the module doc).
+
+    Output: the exact integer y = ``conv(sign(x), sign(w))`` (+1 padding), as float32, or with
+    ``clamp_uint8`` as uint8 ``clamp(y, 0, 255)`` (ReLU fused, exact: y is an integer, the scale 1).
+    """
     _expect(conv, BinaryConv2d, where)
     s = torch.where(conv.weight.detach() >= 0, 1.0, -1.0)
     if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
         raise _Unsupported(f"{where}: only stride 1, dilation 1, groups 1 binary convolutions are supported")
     scale = torch.full((s.shape[0],), 2.0, dtype=torch.float64)
-    return Int8Conv(-s, scale, s.sum((1, 2, 3)), padding=conv.pad, grid_in=Grid(1.0, 0), grid_out=grid_out, act="relu")
+    grid_out, act = (Grid(1.0, 0), "relu") if clamp_uint8 else (None, "none")
+    return Int8Conv(-s, scale, s.sum((1, 2, 3)), padding=conv.pad, grid_in=Grid(1.0, 0), grid_out=grid_out, act=act)
 
 
 def _nhwc(x: torch.Tensor) -> np.ndarray:
@@ -343,13 +391,18 @@ class FloatConv3x3(nn.Module):
 
 
 class Regrid(nn.Module):
-    """Move a uint8 tensor from one grid to another exactly as fake quantization would (a 256-entry LUT)."""
+    """Move a uint8 tensor from one grid to another exactly as the model's quantizers do (a 256-entry LUT).
 
-    def __init__(self, grid_in: Grid, grid_out: Grid):
+    Args:
+        source: the quantizer that wrote the tensor; target: the quantizer that reads it.
+    """
+
+    def __init__(self, source: ActQuant, target: ActQuant):
         super().__init__()
-        self.grid_in, self.grid_out = grid_in, grid_out
-        self.identity = grid_in == grid_out
-        self.lut = grid_out.quantize_values(grid_in.values()).numpy().reshape(1, -1)
+        src, dst = _Quantizer(source), _Quantizer(target)
+        self.grid_in, self.grid_out = src.grid, dst.grid
+        self.lut = dst(src.values()).numpy().reshape(1, -1)
+        self.identity = bool(np.array_equal(self.lut[0], np.arange(_UINT8_MAX + 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.identity:
@@ -359,13 +412,121 @@ class Regrid(nn.Module):
         return _from_nhwc(cv2.LUT(_nhwc(x), self.lut), x)
 
     def extra_repr(self) -> str:
-        return f"{self.grid_in} -> {self.grid_out}"
+        return f"{self.grid_in} -> {self.grid_out}" + (" (identity)" if self.identity else "")
+
+
+@functools.lru_cache(maxsize=1)
+def _binary_tail_kernels():
+    """numba kernels of the binary blocks' tail, one pass over [N, C] (branch-free table lookups).
+
+    ``tail_u8(y, s, h, sat, negt, out, neg)``: y uint8 = clamp(conv, 0, 255), h [C, 256] = G[c, F[y]];
+    ``tail_f32(y, s, f, g, sat, negt, out, neg)``: y float32 exact integers, F over [0, len(f)).
+    Both: t = s + table value, out = sat[t] = clamp(t - zp, 0, 255), neg = negt[t] = (out < zp).
+    """
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def tail_u8(y, s, h, sat, negt, out, neg):  # pragma: no cover - compiled
+        n, c = y.shape
+        for i in range(n):
+            for j in range(c):
+                t = np.int32(s[i, j]) + np.int32(h[j, y[i, j]])
+                out[i, j] = sat[t]
+                neg[i, j] = negt[t]
+
+    @numba.njit(cache=True, nogil=True)
+    def tail_f32(y, s, f, g, sat, negt, out, neg):  # pragma: no cover - compiled
+        n, c = y.shape
+        kmax = np.float32(f.shape[0] - 1)
+        zero = np.float32(0.0)
+        for i in range(n):
+            for j in range(c):
+                k = np.int32(min(max(y[i, j], zero), kmax))
+                t = np.int32(s[i, j]) + np.int32(g[j, f[k]])
+                out[i, j] = sat[t]
+                neg[i, j] = negt[t]
+
+    return tail_u8, tail_f32
+
+
+@functools.lru_cache(maxsize=1)
+def _requant_kernel():
+    """numba kernel: q = clamp(rint(act(acc * m[c] + b[c])) + zp, 0, 255) in float64, neg = (q < neg_zp).
+
+    ``m``, ``b`` already hold the division by the output scale (float64: rounding errors ~1e-16).
+    """
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def requant(acc, m, b, zp, relu, neg_zp, out, neg):  # pragma: no cover - compiled
+        n, c = acc.shape
+        lo = 0.0 if relu else -np.inf
+        for i in range(n):
+            for j in range(c):
+                v = max(np.float64(acc[i, j]) * m[j] + b[j], lo)
+                q = min(max(np.rint(v) + zp, 0.0), 255.0)
+                out[i, j] = np.uint8(q)
+                neg[i, j] = np.uint8(q < neg_zp)
+
+    return requant
+
+
+class ExactRequantConv(nn.Module):
+    """An 8-bit conv whose requantization is exact: oneDNN gives the integer accumulator (float32, exact
+    below 2^24), then scale, bias, ReLU and rounding run in float64 (round half to even).
+
+    Used for the pools, whose inputs repeat the same values over flat image regions: oneDNN's float32
+    requantization rounds the occasional near-tie differently from the fake-quantized model, and
+    there one near-tie repeats over a whole region. Returns the uint8 output and ``neg = (out < 0)``.
+    """
+
+    def __init__(self, conv: Int8Conv):
+        super().__init__()
+        k = conv.kernel_size * conv.kernel_size * conv.in_channels
+        if k * _UINT8_MAX * 127 >= 2**24:
+            raise _Unsupported(f"exact requantization needs |accumulator| < 2^24, conv has {k} terms")
+        if conv.grid_out is None or conv.act == "hardswish":
+            raise _Unsupported("exact requantization supports uint8 outputs with ReLU or no activation")
+        ones = torch.ones(conv.out_channels, dtype=torch.float64)
+        self.acc = Int8Conv(
+            conv.weight_int8,
+            ones,
+            None,
+            padding=conv.padding[0],
+            grid_in=Grid(1.0, conv.grid_in.zero_point),
+            grid_out=None,
+        )
+        self.grid_in, self.grid_out, self.act = conv.grid_in, conv.grid_out, conv.act
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.conv = conv  # the folded conv itself (exporters read its weights; not run here)
+        bias = conv.bias64 if conv.bias64 is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
+        # y / s_out = acc * (s_in * s_w / s_out) + bias / s_out: ReLU commutes with the positive scaling
+        self.mult = (conv.grid_in.scale * conv.w_scale64 / conv.grid_out.scale).numpy().copy()
+        self.bias = (bias / conv.grid_out.scale).numpy().copy()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        acc = self.acc(x).contiguous(memory_format=torch.channels_last)
+        a = acc.permute(0, 2, 3, 1).numpy().reshape(-1, self.out_channels)
+        out = np.empty(a.shape, np.uint8)
+        neg = np.empty(a.shape, np.uint8)
+        g = self.grid_out
+        _requant_kernel()(a, self.mult, self.bias, g.zero_point, self.act == "relu", g.zero_point, out, neg)
+        return _from_nhwc(out, acc), _from_nhwc(neg, acc)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, in={self.grid_in}, out={self.grid_out}, act={self.act}"
 
 
 class BinaryResidual(nn.Module):
-    """``out = Q_res(shortcut(x) + Q_res(BN(Q_a(relu(binconv(x))))))`` on the uint8 residual stream."""
+    """``out = Q_res(shortcut(x) + Q_res(BN(Q_a(relu(binconv(x))))))`` on the uint8 residual stream.
 
-    def __init__(self, block: Residual, grid_res: Grid, where: str):
+    The binary conv runs in oneDNN (exact integers); everything after it is two tables computed from
+    the model's own modules: F (integer conv output -> ReLU -> Q_a) and G (per channel: Q_a value ->
+    BN -> Q_res), applied with the residual add in one fused pass that also writes the next binary
+    block's input ``neg = (out < 0)``.
+    """
+
+    def __init__(self, block: Residual, res_quant: ActQuant, where: str):
         super().__init__()
         branch = _expect(block.branch, nn.Sequential, f"{where}.branch")
         kinds = (BinaryConv2d, nn.ReLU, ActQuant, nn.BatchNorm2d, ActQuant)
@@ -373,21 +534,29 @@ class BinaryResidual(nn.Module):
             raise _Unsupported(f"{where}.branch: expected binary conv, ReLU, ActQuant, BatchNorm, ActQuant")
         for i, kind in enumerate(kinds):
             _expect(branch[i], kind, f"{where}.branch.{i}")
+        grid_res = Grid.of(res_quant)
         for name, quant in (("branch.4", branch[4]), ("out_quant", block.out_quant)):
             if Grid.of(_expect(quant, ActQuant, f"{where}.{name}")) != grid_res:
                 raise _Unsupported(f"{where}.{name}: expected the residual grid {grid_res}")
         self.grid_res = grid_res
-        grid_a = Grid.of(branch[2])
-        if grid_a.zero_point != 0:
-            raise _Unsupported(f"{where}.branch.2: a post-ReLU range must start at 0, got {grid_a}")
-        self.conv = binary_conv(branch[0], grid_a, f"{where}.branch.0")
-        self.grid_a = grid_a
-        alpha, beta = _bn_affine(branch[3])
-        # qbatch_norm2d computes (q - zp) * scale * weight / sqrt(var + eps) + bias: pass the folded affine
-        self.bn_weight = alpha.float()
-        self.bn_bias = beta.float()
-        self.bn_mean = torch.zeros_like(self.bn_weight)
-        self.bn_var = torch.ones_like(self.bn_weight)
+        cin = _expect(branch[0], BinaryConv2d, f"{where}.branch.0").in_channels
+        cout = branch[0].out_channels
+        # F: every possible integer conv output (|y| <= 9 * C_in) -> ReLU -> Q_a, by the model's modules
+        quant_a = _Quantizer(branch[2])
+        f_lut = quant_a(_run_eval(branch[1], torch.arange(9 * cin + 1, dtype=torch.float32))).numpy()
+        # G: per channel, each Q_a value -> BatchNorm -> Q_res (branch.4), by the model's modules
+        va = quant_a.values().view(1, 1, -1, 1).expand(1, cout, -1, 1).contiguous()
+        g_lut = _Quantizer(branch[4])(_run_eval(branch[3], va)).view(cout, -1).numpy().copy()
+        # y >= 255 all map to F(255) when Q_a saturates by then (range <= 255): y fits uint8 exactly
+        self.clamp_uint8 = bool((f_lut[_UINT8_MAX:] == f_lut[_UINT8_MAX]).all())
+        self.conv = binary_conv(branch[0], f"{where}.branch.0", clamp_uint8=self.clamp_uint8)
+        if self.clamp_uint8:
+            self.h_lut = np.ascontiguousarray(g_lut[:, f_lut[: _UINT8_MAX + 1]])
+        else:
+            self.f_lut, self.g_lut = f_lut, g_lut
+        t = np.arange(2 * _UINT8_MAX + 1) - grid_res.zero_point
+        self.sat = np.clip(t, 0, _UINT8_MAX).astype(np.uint8)
+        self.negt = (self.sat < grid_res.zero_point).astype(np.uint8)
         self.shortcut: nn.Module | None = None
         if not isinstance(block.shortcut, nn.Identity):
             sc = _expect(block.shortcut, nn.Sequential, f"{where}.shortcut")
@@ -396,32 +565,46 @@ class BinaryResidual(nn.Module):
             if Grid.of(_expect(sc[2], ActQuant, f"{where}.shortcut.2")) != grid_res:
                 raise _Unsupported(f"{where}.shortcut.2: expected the residual grid {grid_res}")
             conv = qconv_bn(sc[0], _expect(sc[1], nn.BatchNorm2d, f"{where}.shortcut.1"), grid_res, "none", where)
-            self.shortcut = nn.Sequential(Regrid(grid_res, conv.grid_in), conv)
+            self.shortcut = nn.Sequential(Regrid(res_quant, sc[0].input_quant), conv)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import cv2
+    def forward(self, x: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: uint8 residual stream; neg: (x < 0) in {0, 1}. Returns the block output and its ``neg``."""
+        y = self.conv(neg).contiguous(memory_format=torch.channels_last)
+        s = x if self.shortcut is None else self.shortcut(x)
+        ys = y.permute(0, 2, 3, 1).numpy().reshape(-1, y.shape[1])
+        ss = _nhwc(s)
+        out = np.empty_like(ss)
+        out_neg = np.empty_like(ss)
+        tail_u8, tail_f32 = _binary_tail_kernels()
+        if self.clamp_uint8:
+            tail_u8(ys, ss, self.h_lut, self.sat, self.negt, out, out_neg)
+        else:
+            tail_f32(ys, ss, self.f_lut, self.g_lut, self.sat, self.negt, out, out_neg)
+        return _from_nhwc(out, s), _from_nhwc(out_neg, s)
 
-        xs = _nhwc(x)
-        # b = 1 where the real value is negative (q < zero point), else 0: the binary conv's input
-        _, b = cv2.threshold(xs, self.grid_res.zero_point - 1, 1, cv2.THRESH_BINARY_INV)
-        a = self.conv(_from_nhwc(b, x))
-        r = torch.ops.onednn.qbatch_norm2d(
-            a,
-            self.grid_a.scale,
-            0,
-            self.bn_weight,
-            self.bn_bias,
-            self.bn_mean,
-            self.bn_var,
-            0.0,
-            self.grid_res.scale,
-            self.grid_res.zero_point,
-            torch.uint8,
-        )
-        s = xs if self.shortcut is None else _nhwc(self.shortcut(x))
-        # both on the residual grid: q = q_s + q_r - zp, saturated (exact integer arithmetic)
-        out = cv2.addWeighted(s, 1.0, _nhwc(r), 1.0, -float(self.grid_res.zero_point))
-        return _from_nhwc(out, x)
+
+def _merged_heads(score: tuple, position: tuple, model: KeypointNet) -> nn.ModuleList:
+    """(regrid, one Int8Conv with the score then the position channels, one FloatConv3x3 with 3 outputs)."""
+    (regrid, sc, _), (_, pc, _) = score, position
+    cat = lambda a, b: None if a is None else torch.cat([a, b])  # noqa: E731
+    conv = Int8Conv(
+        torch.cat([sc.weight_int8, pc.weight_int8]),
+        torch.cat([sc.w_scale64, pc.w_scale64]),
+        cat(sc.bias64, pc.bias64),
+        padding=sc.padding[0],
+        grid_in=sc.grid_in,
+        grid_out=None,
+        act="relu",
+    )
+    s_out, p_out = model.score_head[1], model.position_head[1]
+    c = sc.out_channels
+    both = nn.Conv2d(2 * c, s_out.out_channels + p_out.out_channels, 3, padding=1)
+    with torch.no_grad():
+        both.weight.zero_()
+        both.weight[: s_out.out_channels, :c] = s_out.weight
+        both.weight[s_out.out_channels :, c:] = p_out.weight
+        both.bias.copy_(torch.cat([s_out.bias, p_out.bias]))
+    return nn.ModuleList([regrid, conv, FloatConv3x3(both)])
 
 
 class Int8KeypointNet(nn.Module):
@@ -442,6 +625,8 @@ class Int8KeypointNet(nn.Module):
         self.score_in, self.score_conv, self.score_out = plan.score
         self.position_in, self.position_conv, self.position_out = plan.position
         self.desc_in, self.desc_convs = plan.desc
+        # both heads read the same tensor; with equal input grids one conv (twice as wide) serves both
+        self.heads = _merged_heads(plan.score, plan.position, model) if plan.heads_share_grid else None
 
     def quantize_image(self, x: torch.Tensor) -> torch.Tensor:
         """float [B, 3, H, W] in [0, 1] -> uint8 channels-last on the image grid (round(255 x), clamped)."""
@@ -458,14 +643,20 @@ class Int8KeypointNet(nn.Module):
             raise ValueError(f"input size must be a multiple of {cell}, got {w}x{h}")
         q = self.stem(self.quantize_image(x))
         for regrid, pool, blocks in self.stages:
-            q = pool(regrid(space_to_depth(q)))
+            q, neg = pool(regrid(space_to_depth(q)))
             for block in blocks:
-                q = block(q)
+                q, neg = block(q, neg)
         for block in self.block8:
-            q = block(q)
-        score = torch.sigmoid(self.score_out(self.score_conv(self.score_in(q))))
-        score = _mask_border(score)
-        offset = torch.tanh(self.position_out(self.position_conv(self.position_in(q))))
+            q, neg = block(q, neg)
+        if self.heads is not None:
+            regrid, conv, out = self.heads
+            y = out(conv(regrid(q)))
+            logits, offset = y[:, :1], y[:, 1:]
+        else:
+            logits = self.score_out(self.score_conv(self.score_in(q)))
+            offset = self.position_out(self.position_conv(self.position_in(q)))
+        score = _mask_border(torch.sigmoid(logits))
+        offset = torch.tanh(offset)
         coords = _cell_coords(offset, cell, self.cfg.cross_ratio, w, h)
         c0, c1, c2 = self.desc_convs
         d = depth_to_space(c0(self.desc_in(q)))
@@ -477,12 +668,11 @@ class _Plan:
     """Walks a zippypoint KeypointNet and builds the int8 modules (raises _Unsupported on any mismatch)."""
 
     def __init__(self, model: KeypointNet):
-        r = float(model.cfg.residual_range)
-        self.grid_res = Grid(*ActQuant(8, (-r, r)).qparams())
         stem = _expect(model.stem, ConvBNAct, "stem")
         _expect(stem[2], nn.Hardswish, "stem.2")
         self.grid_image = Grid.of(_expect(_expect(stem[0], QConv2d, "stem.0").input_quant, ActQuant, "stem.0.iq"))
         stages = []
+        res_quant: ActQuant | None = None
         for i, stage in enumerate(_expect(model.stages, nn.Sequential, "stages")):
             where = f"stages.{i}"
             if len(stage) != 4:
@@ -491,26 +681,35 @@ class _Plan:
             pool = _expect(stage[1], nn.Sequential, f"{where}.1")
             cba = _expect(pool[0], ConvBNAct, f"{where}.1.0")
             _expect(cba[2], nn.ReLU, f"{where}.1.0.2")
-            if len(pool) != 2 or Grid.of(_expect(pool[1], ActQuant, f"{where}.1.1")) != self.grid_res:
-                raise _Unsupported(f"{where}.1: expected conv-BN-ReLU then the residual grid {self.grid_res}")
+            if len(pool) != 2:
+                raise _Unsupported(f"{where}.1: expected conv-BN-ReLU then the residual quantizer")
+            quant = _expect(pool[1], ActQuant, f"{where}.1.1")
+            if res_quant is None:
+                res_quant = quant  # every residual quantizer has the same fixed range (checked below)
+            elif Grid.of(quant) != Grid.of(res_quant):
+                raise _Unsupported(f"{where}.1.1: expected the residual grid {Grid.of(res_quant)}")
             order = _s2d_weight_order(cba[0].in_channels // 4)
-            conv = qconv_bn(cba[0], cba[1], self.grid_res, "relu", f"{where}.1.0.0", in_order=order)
+            conv = qconv_bn(cba[0], cba[1], Grid.of(res_quant), "relu", f"{where}.1.0.0", in_order=order)
+            iq = cba[0].input_quant
             # the first pool reads the stem, which writes its grid directly; the others read the residual stream
-            regrid = Regrid(conv.grid_in, conv.grid_in) if i == 0 else Regrid(self.grid_res, conv.grid_in)
+            regrid = Regrid(iq, iq) if i == 0 else Regrid(res_quant, iq)
             blocks = nn.ModuleList(
-                BinaryResidual(_expect(stage[j], Residual, f"{where}.{j}"), self.grid_res, f"{where}.{j}")
-                for j in (2, 3)
+                BinaryResidual(_expect(stage[j], Residual, f"{where}.{j}"), res_quant, f"{where}.{j}") for j in (2, 3)
             )
-            stages.append(nn.ModuleList([regrid, conv, blocks]))
+            stages.append(nn.ModuleList([regrid, ExactRequantConv(conv), blocks]))
+        if res_quant is None:
+            raise _Unsupported("stages: none found")
+        self.res_quant = res_quant
         self.stages = nn.ModuleList(stages)
         first_pool = self.stages[0][1]
         self.stem = qconv_bn(stem[0], stem[1], first_pool.grid_in, "hardswish", "stem.0")
         self.block8 = nn.ModuleList(
-            BinaryResidual(_expect(m, Residual, f"block8.{i}"), self.grid_res, f"block8.{i}")
+            BinaryResidual(_expect(m, Residual, f"block8.{i}"), res_quant, f"block8.{i}")
             for i, m in enumerate(_expect(model.block8, nn.Sequential, "block8"))
         )
         self.score = self._head(model.score_head, "score_head")
         self.position = self._head(model.position_head, "position_head")
+        self.heads_share_grid = bool(np.array_equal(self.score[0].lut, self.position[0].lut))
         self.desc = self._desc(model.desc_head)
 
     def _head(self, head: nn.Module, where: str) -> tuple[nn.Module, Int8Conv, FloatConv3x3]:
@@ -521,7 +720,7 @@ class _Plan:
         out = _expect(head[1], nn.Conv2d, f"{where}.1")
         if isinstance(out, (QConv2d, BinaryConv2d)):
             raise _Unsupported(f"{where}.1: expected a float output conv")
-        return Regrid(self.grid_res, conv.grid_in), conv, FloatConv3x3(out)
+        return Regrid(self.res_quant, cba[0].input_quant), conv, FloatConv3x3(out)
 
     def _desc(self, head: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
         head = _expect(head, nn.Sequential, "desc_head")
@@ -540,7 +739,7 @@ class _Plan:
         c0 = qconv_bn(cba0[0], cba0[1], g2, "relu", "desc_head.0.0", out_order=order)
         c1 = qconv_bn(cba2[0], cba2[1], g3, "relu", "desc_head.2.0")
         c2 = qconv_bn(last, None, None, "none", "desc_head.3")
-        return Regrid(self.grid_res, c0.grid_in), nn.ModuleList([c0, c1, c2])
+        return Regrid(self.res_quant, cba0[0].input_quant), nn.ModuleList([c0, c1, c2])
 
 
 def convert(model: nn.Module) -> Int8KeypointNet:

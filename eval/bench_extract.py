@@ -1,0 +1,505 @@
+"""Extraction benchmark: time per stage, total per frame and peak memory, per method, size and thread count.
+
+One run measures every method on the same real frames (``../shared/data/localization/
+tum_freiburg_sequence``, consecutive 640x480 photos of an office, resized to each size with
+INTER_AREA), so that ratios between methods come from one run on one machine state. Each
+(method, size, threads) cell runs in its own subprocess: the thread count is set before torch /
+OpenCV / numba start, and the peak memory is that process's ``ru_maxrss`` growth during extraction
+(``tracemalloc`` does not see torch's allocator).
+
+Methods (names in the results):
+    * ``zippypoint-fp32``: the zippypoint network in float with fake quantization switched off
+      (``zippy.quant.set_fake_quant(model, False)``), torch eager.
+    * ``zippypoint-fq``: the same network with fake quantization on (the training-time reference).
+    * ``zippypoint-int8``: the int8 engine (``zippy.quant.int8``), the default where supported.
+    * ``zippypoint-onnx``: onnxruntime int8 graph (``zippy.quant.onnx_engine``; not in the default set).
+    * ``kp2d-fp32``: the float KP2D-style baseline of the same topology.
+    * ``orb``, ``sift``, ``akaze``, ``brisk``: OpenCV (``zippy_eval.methods``); ``aliked``: kornia ALIKED-T16.
+
+Per frame: ``network_ms`` and ``post_ms`` (zippy methods: network forward / NMS, top-k, sampling,
+binarization), ``total_ms`` (the whole ``extract`` call from the RGB uint8 image), and ``match_ms``
+(mutual nearest neighbours against the previous frame: Hamming for binary, L2 for float
+descriptors). Reported per cell: medians over frames and repeats, peak memory (MB), keypoints.
+
+Zippypoint weights: ``--weights`` (default: the shipped weights). An untrained network has no
+trained activation ranges; then the EMA ranges are calibrated on the benchmark frames (train-mode
+passes) so the int8 engine can run, and the summary says so (timing does not depend on the weights).
+
+Writes ``results/bench_extract/<tag>/``: ``summary.json`` (protocol, environment with thread counts
+and load average before / after, rows, target checks), ``summary.md`` and ``times.png``.
+
+Usage::
+
+    python -m zippy_eval.bench_extract --tag main            # or: zippy bench extract --tag main
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_METHODS", "BenchConfig", "main", "run", "run_cell"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FRAMES = REPO_ROOT.parent / "shared" / "data" / "localization" / "tum_freiburg_sequence"
+DEFAULT_METHODS = (
+    "zippypoint-fp32",
+    "zippypoint-fq",
+    "zippypoint-int8",
+    "kp2d-fp32",
+    "orb",
+    "sift",
+    "akaze",
+    "brisk",
+    "aliked",
+)
+ZIPPY_VARIANTS = {
+    "zippypoint-fp32": ("zippypoint", "fp32", False),
+    "zippypoint-fq": ("zippypoint", "fp32", True),
+    "zippypoint-int8": ("zippypoint", "int8", True),
+    "zippypoint-onnx": ("zippypoint", "onnx", True),
+    "kp2d-fp32": ("kp2d", "fp32", True),
+}
+TARGET_MATCH_MS = 20.0
+
+
+@dataclass
+class BenchConfig:
+    """Protocol of one benchmark run.
+
+    Attributes:
+        methods: method names (see the module docstring).
+        sizes: (height, width) frame sizes.
+        threads: thread counts (torch, OpenCV, numba, onnxruntime all get the same).
+        frames: folder of frames (sorted by name); the first ``n_frames`` are used.
+        n_frames: frames per cell (consecutive, so matching to the previous frame makes sense).
+        repeats: passes over the frames after one warm-up pass.
+        max_keypoints: keypoint budget of every method.
+        weights: zippypoint weights file (None: shipped weights, else a calibrated untrained net).
+        kp2d_weights: kp2d weights file (None: shipped / untrained).
+    """
+
+    methods: Sequence[str] = DEFAULT_METHODS
+    sizes: Sequence[tuple[int, int]] = ((240, 320), (480, 640))
+    threads: Sequence[int] = (1, 2)
+    frames: str = str(FRAMES)
+    n_frames: int = 8
+    repeats: int = 2
+    max_keypoints: int = 1000
+    weights: str | None = None
+    kp2d_weights: str | None = None
+    timeout_s: float = 900.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- worker
+
+
+def _set_threads(n: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def _load_frames(folder: str, n: int, size: tuple[int, int]) -> list[np.ndarray]:
+    import cv2
+
+    from zippy.image import read_image
+
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:n]
+    if len(paths) < 2:
+        raise FileNotFoundError(f"need at least 2 frames in {folder}, found {len(paths)}")
+    h, w = size
+    return [cv2.resize(read_image(p), (w, h), interpolation=cv2.INTER_AREA) for p in paths]
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+class _Zippy:
+    """A zippy extractor in one of the benchmark's variants."""
+
+    def __init__(self, name: str, weights: str | None, kp2d_weights: str | None, frames: list[np.ndarray]):
+        import torch
+
+        import zippy
+        from zippy.extractor import Extractor
+        from zippy.quant import set_fake_quant
+
+        backbone, engine, fake_quant = ZIPPY_VARIANTS[name]
+        w = weights if backbone == "zippypoint" else kp2d_weights
+        ex = zippy.load(backbone, weights=w, engine="fp32")
+        model = ex.model
+        self.calibrated = False
+        if backbone == "zippypoint" and not ex.trained:
+            # untrained: give the EMA quantizers ranges (train-mode passes) so the int8 engine can run
+            from zippy.image import to_tensor
+
+            model.train()
+            with torch.no_grad():
+                for im in frames[:4]:
+                    model(to_tensor(im)[..., : im.shape[0] // 8 * 8, : im.shape[1] // 8 * 8])
+            model.eval()
+            self.calibrated = True
+        if not fake_quant:
+            set_fake_quant(model, False)
+        self.extractor = Extractor(model, engine=engine, weights_path=ex.weights_path, meta=ex.meta)
+        self.binary = self.extractor.binary
+        self.info = {
+            "backbone": backbone,
+            "engine": self.extractor.engine,
+            "fake_quant": fake_quant,
+            "trained": bool(ex.trained),
+            "weights": str(ex.weights_path) if ex.weights_path else None,
+            "weights_sha256": ex.weights_sha256,
+            "ranges_calibrated_on_frames": self.calibrated,
+        }
+
+    def extract(self, image: np.ndarray, k: int):
+        f = self.extractor.extract(image, max_keypoints=k)
+        return f, f.meta.get("time_network_ms"), f.meta.get("time_post_ms")
+
+
+class _Other:
+    def __init__(self, name: str):
+        from zippy_eval.methods import get_method
+
+        self.method = get_method(name)
+        self.binary = self.method.binary
+        self.info = self.method.info()
+
+    def extract(self, image: np.ndarray, k: int):
+        return self.method.extract(image, k), None, None
+
+
+def run_cell(cfg: BenchConfig, method: str, size: tuple[int, int], threads: int) -> dict[str, Any]:
+    """Measure one (method, size, threads) cell in this process (call it in a fresh process).
+
+    Returns:
+        dict with the medians (ms) of network / post / total / match, peak memory growth (MB),
+        mean keypoints, the method info, and the raw per-frame totals.
+    """
+    _set_threads(threads)
+    import cv2
+    import torch
+
+    from zippy import matching
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    matching.set_num_threads(threads)
+    frames = _load_frames(cfg.frames, cfg.n_frames, size)
+    m = _Zippy(method, cfg.weights, cfg.kp2d_weights, frames) if method in ZIPPY_VARIANTS else _Other(method)
+    k = cfg.max_keypoints
+    match = matching.match_hamming if m.binary else matching.match_l2
+    if m.binary:
+        matching.warmup(threads=threads)
+    # warm-up pass (lazy initialisation, JIT compilation, oneDNN kernel selection)
+    prev = None
+    for im in frames:
+        f, _, _ = m.extract(im, k)
+        if prev is not None:
+            match(f.descriptors, prev.descriptors, mutual=True)
+        prev = f
+    rss0 = _maxrss_mb()
+    rows: dict[str, list[float]] = {"network_ms": [], "post_ms": [], "total_ms": [], "match_ms": [], "n": []}
+    for _ in range(cfg.repeats):
+        prev = None
+        for im in frames:
+            t0 = time.perf_counter()
+            f, net_ms, post_ms = m.extract(im, k)
+            t1 = time.perf_counter()
+            rows["total_ms"].append(1e3 * (t1 - t0))
+            rows["n"].append(len(f))
+            if net_ms is not None:
+                rows["network_ms"].append(float(net_ms))
+                rows["post_ms"].append(float(post_ms))
+            if prev is not None:
+                t2 = time.perf_counter()
+                match(f.descriptors, prev.descriptors, mutual=True)
+                rows["match_ms"].append(1e3 * (time.perf_counter() - t2))
+            prev = f
+    rss1 = _maxrss_mb()
+
+    def med(v: list[float]) -> float | None:
+        return float(np.median(v)) if v else None
+
+    return {
+        "method": method,
+        "height": size[0],
+        "width": size[1],
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "network_ms": med(rows["network_ms"]),
+        "post_ms": med(rows["post_ms"]),
+        "total_ms": med(rows["total_ms"]),
+        "total_ms_min": float(np.min(rows["total_ms"])),
+        "match_ms": med(rows["match_ms"]),
+        "total_plus_match_ms": (med(rows["total_ms"]) or 0.0) + (med(rows["match_ms"]) or 0.0),
+        "keypoints": float(np.mean(rows["n"])),
+        "peak_rss_mb": rss1,
+        "peak_growth_mb": max(rss1 - rss0, 0.0),
+        "rss_before_mb": rss0,
+        "info": m.info,
+        "frame_totals_ms": rows["total_ms"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def _run_subprocess(cfg: BenchConfig, method: str, size: tuple[int, int], threads: int) -> dict[str, Any]:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = str(threads)
+    payload = json.dumps({"cfg": asdict(cfg), "method": method, "size": list(size), "threads": threads})
+    proc = subprocess.run(
+        [sys.executable, "-m", "zippy_eval.bench_extract", "--worker", payload],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=cfg.timeout_s,
+        check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"method": method, "height": size[0], "width": size[1], "threads": threads, "error": " | ".join(tail)}
+    return json.loads(lines[-1])
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _row(rows: list[dict[str, Any]], method: str, h: int, threads: int) -> dict[str, Any] | None:
+    for r in rows:
+        if r["method"] == method and r["height"] == h and r["threads"] == threads and "error" not in r:
+            return r
+    return None
+
+
+def target_checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's speed targets, evaluated on one thread (None where a needed cell is missing)."""
+    out: dict[str, Any] = {}
+    fp32, int8 = _row(rows, "zippypoint-fp32", 480, 1), _row(rows, "zippypoint-int8", 480, 1)
+    if fp32 and int8:
+        out["int8_speedup_network_480x640"] = fp32["network_ms"] / int8["network_ms"]
+        out["int8_speedup_total_480x640"] = fp32["total_ms"] / int8["total_ms"]
+        out["int8_speedup_target_5x_met"] = out["int8_speedup_network_480x640"] >= 5.0
+    for other in ("sift", "akaze"):
+        o = _row(rows, other, 480, 1)
+        if int8 and o:
+            out[f"int8_total_vs_{other}_480x640"] = int8["total_ms"] / o["total_ms"]
+            out[f"int8_faster_than_{other}"] = int8["total_ms"] < o["total_ms"]
+    small = _row(rows, "zippypoint-int8", 240, 1)
+    if small:
+        out["int8_240x320_extract_plus_match_ms"] = small["total_plus_match_ms"]
+        out["int8_240x320_under_20ms"] = small["total_plus_match_ms"] < TARGET_MATCH_MS
+    return out
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, threads: int) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({(r["height"], r["width"]) for r in rows if "error" not in r})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.5), squeeze=False)
+    for ax, (h, w) in zip(axes[0], sizes):
+        cells = [r for r in rows if r.get("height") == h and r.get("threads") == threads and "error" not in r]
+        names = [r["method"] for r in cells]
+        net = [r["network_ms"] or 0.0 for r in cells]
+        post = [r["post_ms"] or 0.0 for r in cells]
+        other = [r["total_ms"] - (r["network_ms"] or 0.0) - (r["post_ms"] or 0.0) for r in cells]
+        match = [r["match_ms"] or 0.0 for r in cells]
+        y = np.arange(len(cells))
+        ax.barh(y, net, color="#4c72b0", label="network")
+        ax.barh(y, post, left=net, color="#dd8452", label="post-processing")
+        left = np.add(net, post)
+        ax.barh(y, other, left=left, color="#8c8c8c", label="other / whole method")
+        ax.barh(y, match, left=left + np.asarray(other), color="#55a868", label="match vs previous")
+        ax.set_yticks(y, names)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per frame (log scale)")
+        ax.set_title(f"{w}x{h}, {threads} thread(s)")
+        if h == 240:
+            ax.axvline(TARGET_MATCH_MS, color="k", ls="--", lw=0.8)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _markdown(rows: list[dict[str, Any]], checks: dict[str, Any], cfg: BenchConfig, env: dict[str, Any]) -> str:
+    from zippy_eval.results import markdown_table
+
+    headers = ["method", "size", "threads", "network ms", "post ms", "total ms", "match ms", "peak MB", "+MB", "kp"]
+    table = []
+    for r in sorted(rows, key=lambda r: (r["threads"], r["height"], list(cfg.methods).index(r["method"]))):
+        if "error" in r:
+            table.append(
+                [r["method"], f"{r['width']}x{r['height']}", r["threads"], "error", "-", "-", "-", "-", "-", "-"]
+            )
+            continue
+        table.append(
+            [
+                r["method"],
+                f"{r['width']}x{r['height']}",
+                r["threads"],
+                r["network_ms"],
+                r["post_ms"],
+                r["total_ms"],
+                r["match_ms"],
+                r["peak_rss_mb"],
+                r["peak_growth_mb"],
+                round(r["keypoints"]),
+            ]
+        )
+    lines = [
+        "# Extraction benchmark",
+        "",
+        f"Frames: {cfg.n_frames} consecutive real frames from `{Path(cfg.frames).name}`, resized (INTER_AREA); "
+        f"{cfg.repeats} timed passes after one warm-up; budget {cfg.max_keypoints} keypoints; medians per frame. "
+        f"Load average before / after: {env.get('loadavg_before')} / {env.get('loadavg_after')} "
+        f"on {os.cpu_count()} CPUs. Peak MB = process max RSS, +MB = its growth during extraction.",
+        "",
+        markdown_table(headers, table, floatfmt=[".3f", "", "", ".1f", ".1f", ".1f", ".2f", ".0f", ".0f", ""]),
+        "",
+        "## Targets (1 thread)",
+        "",
+    ]
+    for key, value in checks.items():
+        lines.append(f"- {key}: {value:.3g}" if isinstance(value, float) else f"- {key}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: BenchConfig, output_dir: str | os.PathLike) -> Path:
+    """Run every cell (each in a subprocess) and write the result files; returns ``summary.json``'s path."""
+    from tqdm import tqdm
+
+    from zippy_eval.results import environment, write_summary, write_text
+
+    if not Path(cfg.frames).is_dir():
+        raise FileNotFoundError(f"frames folder not found: {cfg.frames}")
+    unknown = [m for m in cfg.methods if m not in DEFAULT_METHODS and m not in ZIPPY_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {sorted(set(DEFAULT_METHODS) | set(ZIPPY_VARIANTS))}")
+    out = Path(output_dir)
+    load_before = _loadavg()
+    cells = [(m, tuple(s), t) for t in cfg.threads for s in cfg.sizes for m in cfg.methods]
+    rows = []
+    for method, size, threads in tqdm(cells, desc="bench extract", unit="cell"):
+        row = _run_subprocess(cfg, method, size, threads)
+        if "error" in row:
+            logger.warning("%s %s %d threads failed: %s", method, size, threads, row["error"])
+        rows.append(row)
+    load_after = _loadavg()
+    checks = target_checks(rows)
+    env = environment()
+    env.update({"loadavg_before": load_before, "loadavg_after": load_after})
+    methods_info = {r["method"]: r.get("info", {}) for r in rows if "info" in r}
+    path = write_summary(
+        out,
+        protocol={k: v for k, v in asdict(cfg).items() if k != "extra"},
+        dataset={"frames": cfg.frames, "n_frames": cfg.n_frames},
+        methods=methods_info,
+        rows=[{k: v for k, v in r.items() if k != "info"} for r in rows],
+        aggregates={"targets_1_thread": checks},
+        extra={"bench_environment": {"loadavg_before": load_before, "loadavg_after": load_after}},
+    )
+    write_text(out / "summary.md", _markdown(rows, checks, cfg, env))
+    _plot(rows, out / "times.png", threads=min(cfg.threads))
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI options shared by ``python -m zippy_eval.bench_extract`` and ``zippy bench extract``."""
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="methods to measure")
+    parser.add_argument("--sizes", nargs="+", default=["240x320", "480x640"], help="HxW sizes")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="thread counts")
+    parser.add_argument("--frames", default=str(FRAMES), help="folder of frames (sorted by name)")
+    parser.add_argument("--n-frames", type=int, default=8, help="frames per cell")
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes over the frames")
+    parser.add_argument("--max-keypoints", type=int, default=1000, help="keypoint budget")
+    parser.add_argument("--weights", default=None, help="zippypoint weights (default: shipped)")
+    parser.add_argument("--kp2d-weights", default=None, help="kp2d weights (default: shipped / untrained)")
+    parser.add_argument("--tag", default="default", help="results/bench_extract/<tag>/")
+    parser.add_argument("--output", default=None, help="output folder (overrides --tag)")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """BenchConfig from parsed CLI arguments (sizes 'HxW')."""
+    sizes = []
+    for s in args.sizes:
+        try:
+            h, w = (int(v) for v in s.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"size must be HxW like 480x640, got {s!r}") from None
+        if h < 16 or w < 16:
+            raise ValueError(f"size must be at least 16x16, got {s!r}")
+        sizes.append((h, w))
+    if any(t < 1 for t in args.threads):
+        raise ValueError(f"thread counts must be >= 1, got {args.threads}")
+    if args.n_frames < 2 or args.repeats < 1 or args.max_keypoints < 1:
+        raise ValueError("need --n-frames >= 2, --repeats >= 1, --max-keypoints >= 1")
+    return BenchConfig(
+        methods=list(args.methods),
+        sizes=sizes,
+        threads=list(args.threads),
+        frames=args.frames,
+        n_frames=args.n_frames,
+        repeats=args.repeats,
+        max_keypoints=args.max_keypoints,
+        weights=args.weights,
+        kp2d_weights=args.kp2d_weights,
+    )
+
+
+def output_dir_from_args(args: argparse.Namespace) -> Path:
+    return Path(args.output) if args.output else REPO_ROOT / "results" / "bench_extract" / args.tag
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m zippy_eval.bench_extract``; ``--worker JSON`` runs one cell and prints its JSON row."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        spec = json.loads(argv[1])
+        cfg = BenchConfig(**{k: v for k, v in spec["cfg"].items()})
+        row = run_cell(cfg, spec["method"], tuple(spec["size"]), int(spec["threads"]))
+        print(json.dumps(row))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    path = run(config_from_args(args), output_dir_from_args(args))
+    print(path.with_name("summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""ONNX export (zippy.quant.onnx_engine) and `zippy export`: onnxruntime reproduces our outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from zippy.extractor import Extractor
+from zippy.models import KeypointNet, ModelConfig
+from zippy.quant import onnx_engine
+from zippy.weights import save_weights
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def images(photo):
+    import cv2
+
+    return [cv2.resize(photo, (96, 64), interpolation=cv2.INTER_AREA), cv2.resize(photo[100:400, 50:450], (128, 96))]
+
+
+def _agreement(ref: Extractor, test: Extractor, images) -> tuple[float, float]:
+    from zippy_apps.cmd_export import compare_features
+
+    f = compare_features([ref.extract(im) for im in images], [test.extract(im) for im in images])
+    return f["keypoints_matched"], f["descriptors_identical"]
+
+
+def _onnx_extractor(model, net) -> Extractor:
+    ex = Extractor(model, engine="fp32")
+    ex._net = net
+    return ex
+
+
+def test_fp32_graph_reproduces_the_model(calibrated_zippypoint, images):
+    net = onnx_engine.OnnxNet(calibrated_zippypoint, int8=False, threads=1)
+    assert net.int8 is False
+    x = torch.rand(1, 3, 48, 80)  # another size than the export's example input: dynamic axes
+    with torch.inference_mode():
+        ref = calibrated_zippypoint(x)
+    out = net(x)
+    for k in ref:
+        assert out[k].shape == ref[k].shape
+    assert ((out["score"] - ref["score"]).abs() < 1e-4).float().mean() > 0.99
+    assert ((out["desc"] - ref["desc"]).abs() < 1e-3).float().mean() > 0.95  # binary layers amplify rare ties
+    ref_ex = Extractor(calibrated_zippypoint, engine="fp32")
+    kp, desc = _agreement(ref_ex, _onnx_extractor(calibrated_zippypoint, net), images)
+    assert kp >= 0.97 and desc >= 0.95
+
+
+@pytest.mark.slow
+def test_int8_graph_close_to_the_int8_engine(calibrated_zippypoint, images):
+    net = onnx_engine.OnnxNet(calibrated_zippypoint, threads=1, calibration=images)  # auto: int8 when trained
+    assert net.int8 is True
+    ref_ex = Extractor(calibrated_zippypoint, engine="int8")
+    kp, desc = _agreement(ref_ex, _onnx_extractor(calibrated_zippypoint, net), images)
+    assert kp >= 0.85 and desc >= 0.6  # QLinearConv rounds the folded biases and the heads' grids are calibrated
+
+
+def test_float_backbone_gets_the_fp32_graph():
+    model = KeypointNet(ModelConfig(backbone="kp2d")).eval()
+    net = onnx_engine.OnnxNet(model, threads=1)
+    assert net.int8 is False
+    x = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        ref = model(x)
+    assert np.allclose(net(x)["desc"].numpy(), ref["desc"].numpy(), atol=1e-4)
+
+
+def test_onnx_bad_input(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.onnx"):
+        onnx_engine.OnnxNet(tmp_path / "missing.onnx")
+    net = onnx_engine.OnnxNet(onnx_engine.onnx_bytes(KeypointNet(ModelConfig(backbone="kp2d")).eval(), int8=False))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        net(torch.zeros(1, 3, 30, 32))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        net(torch.zeros(3, 32, 32))
+
+
+def test_export_cli_compact(calibrated_zippypoint, tmp_path, capsys):
+    import zippy
+    from zippy_apps.cli import main
+
+    src = save_weights(tmp_path / "zp.pt", calibrated_zippypoint, meta={"trained": False})
+    out = tmp_path / "zp_compact.pt"
+    args = ["export", "--format", "compact", "--weights", str(src), "--out", str(out), "--check-size", "64x96"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "check (compact): keypoints matched 1.0000" in printed and "OK" in printed
+    assert out.stat().st_size < src.stat().st_size / 4
+    assert zippy.load("zippypoint", weights=out, engine="fp32").extract(np.zeros((64, 64), np.uint8)) is not None
+    missing = ["export", "--format", "onnx", "--weights", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x")]
+    assert main(missing) == 2
+
+
+@pytest.mark.slow
+def test_export_cli_onnx_int8(calibrated_zippypoint, tmp_path, capsys):
+    from zippy_apps.cli import main
+
+    src = save_weights(tmp_path / "zp.pt", calibrated_zippypoint, meta={"trained": False})
+    onnx_file = tmp_path / "zp.onnx"
+    args = ["export", "--format", "onnx", "--int8", "--weights", str(src), "--out", str(onnx_file)]
+    assert main([*args, "--check-size", "64x96"]) == 0
+    assert "check (onnx-int8)" in capsys.readouterr().out and onnx_file.stat().st_size > 0

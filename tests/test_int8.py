@@ -1,0 +1,281 @@
+"""Int8 engine (zippy.quant.int8), compact weights (zippy.quant.packing) and the post-processing they feed.
+
+The central check: the int8 network gives the same keypoints and descriptors as the fake-quantized
+fp32 network (identical descriptors for >= 99% of keypoints) on real photos.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zippy.extractor import Extractor
+from zippy.models import KeypointNet, ModelConfig
+from zippy.postprocess import cell_nms, packed_topk
+from zippy.quant import int8, set_fake_quant
+from zippy.quant.layers import ActQuant, BinaryConv2d, QConv2d
+from zippy.quant.packing import is_packed, pack_state_dict, state_dict_nbytes, unpack_state_dict
+from zippy.weights import atomic_torch_save, build_model, load_weights, save_weights, shipped_weights
+
+pytestmark = pytest.mark.skipif(
+    int8._kernels_missing() is not None, reason=f"no int8 kernels: {int8._kernels_missing()}"
+)
+
+
+def _compare(ref, test) -> tuple[float, float]:
+    """(fraction of ref keypoints found in test within 0.05 px, fraction of those with identical descriptors)."""
+    n = matched = same = 0
+    for a, b in zip(ref, test):
+        n += len(a)
+        if not len(a) or not len(b):
+            continue
+        d = np.linalg.norm(a.keypoints[:, None] - b.keypoints[None], axis=-1)
+        j = d.argmin(1)
+        ok = d[np.arange(len(a)), j] < 0.05
+        matched += int(ok.sum())
+        same += int(np.all(a.descriptors[ok] == b.descriptors[j[ok]], axis=1).sum())
+    return matched / max(n, 1), same / max(matched, 1)
+
+
+@pytest.fixture(scope="module")
+def net(calibrated_zippypoint):
+    return int8.convert(calibrated_zippypoint)
+
+
+# --------------------------------------------------------------------------------------------- layers
+
+
+def test_space_to_depth_is_pixel_unshuffle_with_permuted_channels():
+    x = torch.randint(0, 256, (2, 3, 4, 6), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    order = int8._s2d_weight_order(3)
+    assert order.tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]  # (dy, dx, c) <- (c, dy, dx)
+    y = int8.space_to_depth(x)
+    assert y.shape == (2, 12, 2, 3) and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, F.pixel_unshuffle(x.contiguous(), 2)[:, order])
+    assert torch.equal(int8.depth_to_space(y), x)
+
+
+def test_binary_conv_hand_computed_with_plus_one_padding():
+    conv = BinaryConv2d(1, 1, 3)
+    with torch.no_grad():
+        conv.weight.fill_(0.3)  # sign +1 everywhere
+    x = torch.ones(1, 1, 3, 3)
+    x[0, 0, 0, 0] = -1.0
+    # every window sums 9 values of +-1 (padding +1): 9 where it misses the -1 at (0, 0), else 8 - 1 = 7
+    expected = torch.tensor([[7.0, 7.0, 9.0], [7.0, 7.0, 9.0], [9.0, 9.0, 9.0]])
+    neg = (x < 0).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    y = int8.binary_conv(conv, "t", clamp_uint8=False)(neg)
+    assert torch.equal(y[0, 0], expected)
+    assert torch.equal(y, conv(x))
+    y8 = int8.binary_conv(conv, "t", clamp_uint8=True)(neg)
+    assert y8.dtype == torch.uint8 and torch.equal(y8[0, 0].float(), expected)
+
+
+def test_binary_conv_exact_on_random_signs():
+    torch.manual_seed(1)
+    conv = BinaryConv2d(16, 24, 3)
+    x = torch.randn(2, 16, 9, 11)
+    neg = (x < 0).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    y = int8.binary_conv(conv, "t", clamp_uint8=False)(neg)
+    assert torch.equal(y, conv(x))
+    assert torch.equal(int8.binary_conv(conv, "t", clamp_uint8=True)(neg).float(), conv(x).clamp(0, 255))
+
+
+def test_qconv_bn_folding_matches_float64_reference():
+    torch.manual_seed(2)
+    conv = QConv2d(8, 16, 3, padding=1, bias=False, input_quant=ActQuant(8, (-1.0, 2.0)))
+    bn = torch.nn.BatchNorm2d(16).eval()
+    with torch.no_grad():
+        bn.weight.copy_(torch.randn(16))  # negative gammas flip the integer weights
+        bn.bias.copy_(torch.randn(16))
+        bn.running_mean.copy_(torch.randn(16))
+        bn.running_var.copy_(torch.rand(16) + 0.1)
+    x = torch.rand(1, 8, 7, 9) * 3 - 1
+    ref = bn.double()(F.conv2d(conv.input_quant(x).double(), conv.quantized_weight().double(), padding=1))
+    q = int8.qconv_bn(conv, bn.float(), None, "none", "t")
+    g = q.grid_in
+    xq = (torch.round(x / g.scale) + g.zero_point).clamp(0, 255).to(torch.uint8)
+    y = q(xq.contiguous(memory_format=torch.channels_last))
+    assert (y.double() - ref).abs().max() < 1e-4
+
+
+def test_unsupported_reasons():
+    assert "KeypointNet" in int8.unsupported_reason(torch.nn.Conv2d(3, 3, 1))
+    assert "QConv2d" in int8.unsupported_reason(KeypointNet(ModelConfig(backbone="kp2d")))
+    assert "never trained" in int8.unsupported_reason(KeypointNet(ModelConfig(backbone="zippypoint")))
+    with pytest.raises(ValueError, match="cannot convert"):
+        int8.convert(KeypointNet(ModelConfig(backbone="kp2d")))
+    with pytest.raises(ValueError, match="int8"):
+        Extractor(KeypointNet(ModelConfig(backbone="kp2d")), engine="int8")
+    assert Extractor(KeypointNet(ModelConfig(backbone="kp2d")), engine="auto").engine == "fp32"
+
+
+def test_calibrated_network_is_supported(calibrated_zippypoint):
+    assert int8.unsupported_reason(calibrated_zippypoint) is None
+
+
+def test_bad_input(net):
+    with pytest.raises(ValueError, match="multiple of 8"):
+        net(torch.zeros(1, 3, 30, 32))
+    with pytest.raises(ValueError, match=r"float \[B, 3, H, W\]"):
+        net(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"float \[B, 3, H, W\]"):
+        net(torch.zeros(1, 2, 32, 32))
+
+
+# --------------------------------------------------------------------------------------------- equivalence
+
+
+def test_outputs_match_fake_quant(calibrated_zippypoint, net):
+    torch.manual_seed(3)
+    x = torch.rand(2, 3, 64, 96)
+    with torch.inference_mode():
+        ref, out = calibrated_zippypoint(x), net(x)
+    for k in ("score", "coords", "desc"):
+        assert out[k].shape == ref[k].shape and out[k].dtype == torch.float32
+    assert ((out["score"] - ref["score"]).abs() < 1e-4).float().mean() > 0.99
+    assert ((out["coords"] - ref["coords"]).abs() < 1e-2).float().mean() > 0.99
+    assert ((out["desc"] - ref["desc"]).abs() < 1e-3).float().mean() > 0.99
+
+
+def test_fake_quant_switch_and_model_untouched(calibrated_zippypoint, net):
+    model = copy.deepcopy(calibrated_zippypoint)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    set_fake_quant(model, False)
+    other = int8.convert(model)  # the trained grids count, not the switch
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = torch.rand(1, 3, 32, 48)
+    with torch.inference_mode():
+        a, b = net(x), other(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.shared
+def test_int8_same_keypoints_and_descriptors_on_real_photos(shared_data, calibrated_zippypoint):
+    import cv2
+
+    from zippy.image import read_image
+
+    path = shipped_weights("zippypoint")
+    model = build_model(*load_weights(path)[:2]).eval() if path is not None else calibrated_zippypoint
+    ref, test = Extractor(model, engine="fp32"), Extractor(model, engine="auto")
+    assert test.engine == "int8"  # the default where supported
+    photos = sorted((shared_data / "train_images").glob("bsds500_test_*.jpg"))[:3]  # development split
+    images = [cv2.resize(read_image(p), (320, 240), interpolation=cv2.INTER_AREA) for p in photos]
+    kp, desc = _compare([ref.extract(im) for im in images], [test.extract(im) for im in images])
+    assert kp >= 0.99, f"only {kp:.4f} of the keypoints found within 0.05 px"
+    assert desc >= 0.99, f"only {desc:.4f} of the descriptors identical"
+
+
+# --------------------------------------------------------------------------------------------- packing
+
+
+def test_pack_roundtrip_gives_identical_outputs(calibrated_zippypoint, net, tmp_path):
+    model = calibrated_zippypoint
+    packed = pack_state_dict(model)
+    assert is_packed(packed) and not is_packed(model.state_dict())
+    restored = build_model(model.cfg, unpack_state_dict(packed)).eval()
+    for m in restored.modules():
+        if isinstance(m, BinaryConv2d):
+            assert set(m.weight.unique().tolist()) <= {-1.0, 1.0}
+    x = torch.rand(1, 3, 32, 48)
+    with torch.inference_mode():
+        a, b = model(x), restored(x)
+        c, d = net(x), int8.convert(restored)(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(c[k], d[k]) for k in c)
+    # through a file: load_weights reads packed files like plain ones
+    path = atomic_torch_save(
+        {"config": model.cfg.to_dict(), "state_dict": packed, "meta": {"packed": True}}, tmp_path / "p.pt"
+    )
+    cfg, state, meta = load_weights(path)
+    assert meta["packed"] and cfg == model.cfg
+    build_model(cfg, state)  # strict keys
+
+
+def test_packed_size(calibrated_zippypoint, tmp_path):
+    model = calibrated_zippypoint
+    fp32 = state_dict_nbytes(model.state_dict())
+    packed = state_dict_nbytes(pack_state_dict(model))
+    assert packed < fp32 / 4  # 8-bit weights dominate; binary ones take 1 bit
+    plain = save_weights(tmp_path / "plain.pt", model)
+    compact = atomic_torch_save(
+        {"config": model.cfg.to_dict(), "state_dict": pack_state_dict(model)}, tmp_path / "c.pt"
+    )
+    assert Path(compact).stat().st_size < 5e6 < Path(plain).stat().st_size
+
+
+def test_unpack_rejects_broken_entries():
+    assert unpack_state_dict({"a": torch.ones(2)})["a"].tolist() == [1.0, 1.0]
+    bits = torch.tensor([0b10100000], dtype=torch.uint8)
+    out = unpack_state_dict({"w.__bin": bits, "w.__shape": torch.tensor([3])})
+    assert out["w"].tolist() == [1.0, -1.0, 1.0]
+    with pytest.raises(ValueError, match="__shape"):
+        unpack_state_dict({"w.__bin": bits})
+    with pytest.raises(ValueError, match="bytes"):
+        unpack_state_dict({"w.__bin": bits, "w.__shape": torch.tensor([3, 4])})
+    with pytest.raises(ValueError, match="__absmax"):
+        unpack_state_dict({"w.__int8": torch.zeros(2, 1, dtype=torch.int8)})
+    with pytest.raises(ValueError, match="does not fit"):
+        unpack_state_dict({"w.__int8": torch.zeros(2, 1, dtype=torch.int8), "w.__absmax": torch.ones(3)})
+    with pytest.raises(ValueError, match="__int8"):
+        unpack_state_dict({"w.__absmax": torch.ones(3)})
+
+
+# --------------------------------------------------------------------------------------------- post-processing
+
+
+def _nms_brute(score, coords, radius, reach=2):
+    hc, wc = score.shape
+    keep = np.zeros((hc, wc), bool)
+    for i in range(hc):
+        for j in range(wc):
+            if score[i, j] <= 0:
+                continue
+            keep[i, j] = True
+            for di in range(-reach, reach + 1):
+                for dj in range(-reach, reach + 1):
+                    a, b = i + di, j + dj
+                    if (di, dj) == (0, 0) or not (0 <= a < hc and 0 <= b < wc):
+                        continue
+                    close = ((coords[:, i, j] - coords[:, a, b]) ** 2).sum() <= radius**2
+                    better = score[a, b] > score[i, j] or (score[a, b] == score[i, j] and a * wc + b < i * wc + j)
+                    keep[i, j] &= not (close and better)
+    return keep
+
+
+def test_cell_nms_hand_case_and_brute_force():
+    score = torch.tensor([[0.9, 0.8, 0.5], [0.5, 0.5, 0.0]])
+    coords = torch.tensor([[[7.0, 10.0, 30.0], [10.5, 12.0, 20.0]], [[3.5, 4.0, 3.0], [12.0, 13.5, 11.0]]])
+    # (0,1) is 3.04 px from the better (0,0): suppressed; (1,1) is 2.12 px from (1,0), equal score, higher
+    # flat index: suppressed; (1,2) has score 0: never kept; all other pairs are > 4 px apart
+    assert cell_nms(score, coords, 4.0).tolist() == [[True, False, True], [True, False, False]]
+    rng = np.random.default_rng(0)
+    for trial in range(3):
+        hc, wc = 6 + trial, 9
+        s = np.round(rng.random((hc, wc)) * 4) / 4  # many ties
+        base = np.stack(np.meshgrid(np.arange(wc) * 8 + 3.5, np.arange(hc) * 8 + 3.5))
+        c = base + rng.uniform(-7, 7, (2, hc, wc))
+        got = cell_nms(torch.tensor(s, dtype=torch.float32), torch.tensor(c, dtype=torch.float32), 4.0)
+        assert np.array_equal(got.numpy(), _nms_brute(s.astype(np.float32), c.astype(np.float32), 4.0))
+
+
+def test_packed_topk_ties_lowest_index_first():
+    x = torch.zeros(2, 16)
+    x[0, [3, 5]] = 2.0  # 2 clear winners, then 2 of the 14 zeros: indices 0 and 1
+    x[1] = torch.arange(16, dtype=torch.float32)
+    out = packed_topk(x, 4)
+    assert out.tolist() == [[0b11010100, 0b00000000], [0b00000000, 0b00001111]]
+    rng = np.random.default_rng(1)
+    d = torch.tensor(np.round(rng.normal(size=(50, 256)) * 2) / 2, dtype=torch.float32)
+    order = torch.sort(d, dim=-1, descending=True, stable=True).indices[:, :64]
+    bits = torch.zeros_like(d, dtype=torch.bool).scatter_(1, order, True)
+    assert torch.equal(packed_topk(d, 64), torch.from_numpy(np.packbits(bits.numpy(), axis=-1)))
+    assert packed_topk(torch.zeros(0, 256), 64).shape == (0, 32)
+    with pytest.raises(ValueError, match="k must be"):
+        packed_topk(x, 16)

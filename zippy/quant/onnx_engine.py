@@ -1,0 +1,481 @@
+"""ONNX export and the onnxruntime engine: the portable fallback of the int8 engine.
+
+Two graphs, both taking ``image`` float [B, 3, H, W] in [0, 1] (H, W multiples of 8, any size) and
+returning ``score`` [B, 1, H/8, W/8], ``coords`` [B, 2, H/8, W/8] and ``desc`` [B, D, H/4, W/4]
+(float32, the :class:`~zippy.models.KeypointNet` contract):
+
+* **fp32** (:func:`export_fp32`): the fake-quantized network itself, exported by torch's TorchScript
+  ONNX exporter (``torch.onnx.export(..., dynamo=False)``, opset 17; the dynamo exporter needs the
+  onnxscript package). Fake quantization of activations becomes QuantizeLinear / DequantizeLinear
+  pairs; weights are stored already fake-quantized (8-bit) or as +-1 (binary). Works for every backbone.
+* **int8** (:func:`export_int8`): written node by node from :func:`zippy.quant.int8.convert`, so it
+  holds exactly the integer weights and trained grids of the int8 engine, in onnxruntime's integer
+  operators: binary convs as ``QLinearConv`` on b = (x < 0) with +-2 weights and integer bias (exact);
+  8-bit convs as ``ConvInteger`` (exact int32) followed by the folded float scale, bias and activation
+  and a ``QuantizeLinear`` onto the next trained grid (``QLinearConv`` would round the folded
+  BatchNorm bias to int32 steps and move the grids); residual adds and BatchNorms as
+  Dequantize -> float -> Quantize. Zippypoint only.
+
+:class:`OnnxNet` runs either graph with onnxruntime as a drop-in for the torch network.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OPSET", "OnnxNet", "export_fp32", "export_int8", "onnx_bytes"]
+
+OPSET = 17
+IR_VERSION = 9  # onnxruntime 1.17+ reads it
+INPUT = "image"
+OUTPUTS = ("score", "coords", "desc")
+
+
+# ------------------------------------------------------------------------------------------------ fp32
+
+
+def _export_ready(model: nn.Module) -> nn.Module:
+    """A copy whose weights are stored as the fake-quantized network uses them (same outputs)."""
+    from zippy.quant.layers import BinaryConv2d, QConv2d, weight_fake_quant
+
+    m = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, QConv2d) and mod.quant_enabled:
+                mod.weight.copy_(weight_fake_quant(mod.weight, mod.bits))
+                mod.quant_enabled = False  # per-channel [-127, 127] fake quant has no ONNX form
+            elif isinstance(mod, BinaryConv2d):
+                mod.weight.copy_(torch.where(mod.weight >= 0, 1.0, -1.0))
+    return m
+
+
+def _fp32_bytes(model: nn.Module, example_hw: tuple[int, int] = (64, 96)) -> bytes:
+    m = _export_ready(model)
+    x = torch.rand(1, 3, *example_hw)
+    dyn = {INPUT: {0: "batch", 2: "height", 3: "width"}}
+    dyn.update({k: {0: "batch", 2: f"{k}_h", 3: f"{k}_w"} for k in OUTPUTS})
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # the TorchScript exporter warns that it is legacy and that traced Python bools become constants
+        # (the fake quantizers' enabled / initialized flags: constants by design here)
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _DictToTuple(m),
+            (x,),
+            buf,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT],
+            output_names=list(OUTPUTS),
+            dynamic_axes=dyn,
+        )
+    return buf.getvalue()
+
+
+class _DictToTuple(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.net(x)
+        return tuple(out[k] for k in OUTPUTS)
+
+
+def export_fp32(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the fp32 ONNX graph of ``model`` (any backbone) to ``path`` (atomic)."""
+    return _write(path, _fp32_bytes(model))
+
+
+# ------------------------------------------------------------------------------------------------ int8
+
+
+class _Graph:
+    """A small helper to write an ONNX graph node by node."""
+
+    def __init__(self):
+        from onnx import TensorProto, helper, numpy_helper
+
+        self.helper, self.numpy_helper, self.TP = helper, numpy_helper, TensorProto
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self._n = 0
+
+    def name(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def const(self, value: np.ndarray, hint: str = "c") -> str:
+        name = self.name(hint)
+        self.inits.append(self.numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], hint: str | None = None, **attrs: Any) -> str:
+        out = self.name(hint or op.lower())
+        self.nodes.append(self.helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def quant(self, x: str, grid: Any) -> str:
+        s, z = self.const(np.float32(grid.scale), "scale"), self.const(np.uint8(grid.zero_point), "zp")
+        return self.node("QuantizeLinear", [x, s, z])
+
+    def dequant(self, q: str, grid: Any) -> str:
+        s, z = self.const(np.float32(grid.scale), "scale"), self.const(np.uint8(grid.zero_point), "zp")
+        return self.node("DequantizeLinear", [q, s, z])
+
+    def regrid(self, q: str, g_in: Any, g_out: Any) -> str:
+        return q if g_in == g_out else self.quant(self.dequant(q, g_in), g_out)
+
+    def channel(self, v: torch.Tensor | np.ndarray, hint: str) -> str:
+        return self.const(np.asarray(v, np.float32).reshape(1, -1, 1, 1), hint)
+
+    def channel_int(self, v: torch.Tensor | np.ndarray, hint: str = "ci") -> str:
+        return self.const(np.round(np.asarray(v, np.float64)).astype(np.int32).reshape(1, -1, 1, 1), hint)
+
+
+def _qlinear_conv(g: _Graph, q: str, conv: Any, grid_out: Any) -> str:
+    """QLinearConv of an Int8Conv onto ``grid_out`` (its float bias rounded to int32 steps of s_in * s_w)."""
+    s_in, zp_in = conv.grid_in.scale, conv.grid_in.zero_point
+    w_scale = conv.w_scale64.numpy()
+    bias = conv.bias64.numpy() if conv.bias64 is not None else np.zeros(conv.out_channels)
+    out = g.node(
+        "QLinearConv",
+        [
+            q,
+            g.const(np.float32(s_in), "xs"),
+            g.const(np.uint8(zp_in), "xzp"),
+            g.const(conv.weight_int8.numpy(), "w"),
+            g.const(w_scale.astype(np.float32), "ws"),
+            g.const(np.zeros(conv.out_channels, np.int8), "wzp"),
+            g.const(np.float32(grid_out.scale), "ys"),
+            g.const(np.uint8(grid_out.zero_point), "yzp"),
+            g.const(np.round(bias / (s_in * w_scale)).astype(np.int32), "bias"),
+        ],
+        pads=[conv.padding[0]] * 4,
+    )
+    if conv.act == "relu" and grid_out.zero_point > 0:
+        out = g.node("Max", [out, g.const(np.uint8(grid_out.zero_point), "zp")])  # ReLU = clamp at real 0
+    elif conv.act not in ("relu", "none"):
+        raise ValueError(f"QLinearConv path supports ReLU or no activation, got {conv.act!r}")
+    return out
+
+
+def _lut(g: _Graph, q: str, table: np.ndarray, channels: int | None = None) -> str:
+    """uint8 q -> table[q] (one table), or table[c, q] per channel (table [C, K])."""
+    idx = g.node("Cast", [q], to=g.TP.INT32)
+    if channels is not None:
+        k = table.shape[1]
+        offsets = (np.arange(channels, dtype=np.int32) * k).reshape(1, -1, 1, 1)
+        idx = g.node("Add", [idx, g.const(offsets, "off")])
+    return g.node("Gather", [g.const(np.ascontiguousarray(table).reshape(-1).astype(np.uint8), "lut"), idx])
+
+
+def _regrid(g: _Graph, q: str, regrid: Any) -> str:
+    return q if regrid.identity else _lut(g, q, regrid.lut.reshape(-1))
+
+
+def _binary_residual(g: _Graph, x: str, block: Any) -> str:
+    res_zp = block.grid_res.zero_point
+    conv = block.conv
+    b = g.node("Cast", [g.node("Less", [x, g.const(np.uint8(res_zp), "zp")])], to=g.TP.UINT8)
+    if block.clamp_uint8:
+        # weights -s with scale 2 == weights -2s with scale 1: the bias sum(s) is then an exact int32,
+        # and the uint8 output with scale 1 is clamp(y, 0, 255), exactly as the int8 engine's
+        one, zero = g.const(np.float32(1.0), "one"), g.const(np.uint8(0), "zp")
+        w = g.const((2 * conv.weight_int8.to(torch.int16)).to(torch.int8).numpy(), "wbin")
+        y = g.node(
+            "QLinearConv",
+            [
+                b,
+                one,
+                zero,
+                w,
+                g.const(np.ones(conv.out_channels, np.float32), "ws"),
+                g.const(np.zeros(conv.out_channels, np.int8), "wzp"),
+                one,
+                zero,
+                g.const(np.round(conv.bias.numpy()).astype(np.int32), "bias"),
+            ],
+            pads=[conv.padding[0]] * 4,
+        )
+        r = _lut(g, y, block.h_lut, conv.out_channels)
+    else:  # ranges above 255: the exact int32 accumulator (slower ConvInteger), then the tables
+        w = g.const(conv.weight_int8.numpy(), "wbin")
+        acc = g.node("ConvInteger", [b, w, g.const(np.uint8(0), "zp"), g.const(np.int8(0), "wzp")], pads=[1] * 4)
+        y = g.node("Add", [g.node("Mul", [acc, g.const(np.int32(2), "two")]), g.channel_int(conv.bias)])
+        k = len(block.f_lut)
+        y = g.node("Clip", [y, g.const(np.int32(0), "lo"), g.const(np.int32(k - 1), "hi")])
+        offsets = (np.arange(conv.out_channels, dtype=np.int32) * k).reshape(1, -1, 1, 1)
+        table = block.g_lut[:, block.f_lut].reshape(-1).astype(np.uint8)
+        r = g.node("Gather", [g.const(table, "lut"), g.node("Add", [y, g.const(offsets, "off")])])
+    s = (
+        x
+        if block.shortcut is None
+        else _qlinear_conv(g, _regrid(g, x, block.shortcut[0]), block.shortcut[1], block.grid_res)
+    )
+    t = g.node("Add", [g.node("Cast", [s], to=g.TP.INT32), g.node("Cast", [r], to=g.TP.INT32)])
+    t = g.node("Sub", [t, g.const(np.int32(res_zp), "zp")])
+    t = g.node("Clip", [t, g.const(np.int32(0), "lo"), g.const(np.int32(255), "hi")])
+    return g.node("Cast", [t], to=g.TP.UINT8)
+
+
+def _float_conv(g: _Graph, x: str, fc: Any) -> str:
+    o = fc.out_channels
+    w = fc.taps.view(-1, 3, 3, o).permute(3, 0, 1, 2).contiguous()  # back to [O, C, 3, 3]
+    return g.node("Conv", [x, g.const(w.numpy(), "w"), g.const(fc.bias.numpy(), "b")], pads=[1, 1, 1, 1])
+
+
+def _float_int8conv(g: _Graph, q: str, conv: Any) -> str:
+    """An Int8Conv computed in float on the dequantized input: (folded) int8 weights * scales, float bias."""
+    w = (conv.weight_int8.double() * conv.w_scale64.view(-1, 1, 1, 1)).float().numpy()
+    bias = conv.bias64.float().numpy() if conv.bias64 is not None else np.zeros(conv.out_channels, np.float32)
+    y = g.node("Conv", [g.dequant(q, conv.grid_in), g.const(w, "w"), g.const(bias, "b")], pads=[conv.padding[0]] * 4)
+    if conv.act == "relu":
+        y = g.node("Relu", [y])
+    elif conv.act == "hardswish":
+        y = g.node("HardSwish", [y])
+    return y if conv.grid_out is None else g.quant(y, conv.grid_out)
+
+
+def _tail(g: _Graph, logits: str, offsets: str, cfg: Any) -> tuple[str, str]:
+    """Sigmoid + border mask, and cell centres + tanh offsets clipped to the image (KeypointNet's tail)."""
+    tp = g.TP
+    i64 = lambda v: g.const(np.asarray(v, np.int64), "i")  # noqa: E731
+    shape = g.node("Shape", [logits])
+    hw = g.node("Slice", [shape, i64([2]), i64([4])])
+    inner = g.node("Concat", [i64([1, 1]), g.node("Sub", [hw, i64([2, 2])])], axis=0)
+    ones = g.node("ConstantOfShape", [inner], value=g.numpy_helper.from_array(np.ones(1, np.float32)))
+    mask = g.node("Pad", [ones, i64([0, 0, 1, 1, 0, 0, 1, 1])])
+    score = g.node("Mul", [g.node("Sigmoid", [logits]), mask])
+
+    cell = int(cfg.cell)
+    step = (cell - 1) / 2.0
+    img_shape = g.node("Shape", [INPUT])
+    offset = g.node("Mul", [g.node("Tanh", [offsets]), g.const(np.float32(cfg.cross_ratio * step), "k")])
+    coords = []
+    for axis, (dim, img_dim) in enumerate(((3, 3), (2, 2))):  # x: width axis, y: height axis
+        n = g.node("Squeeze", [g.node("Slice", [shape, i64([dim]), i64([dim + 1])]), i64([0])])
+        r = g.node("Cast", [g.node("Range", [i64(0), n, i64(1)])], to=tp.FLOAT)
+        base = g.node("Add", [g.node("Mul", [r, g.const(np.float32(cell), "cell")]), g.const(np.float32(step), "st")])
+        base = g.node("Reshape", [base, i64([1, 1, 1, -1] if axis == 0 else [1, 1, -1, 1])])
+        o = g.node("Slice", [offset, i64([axis]), i64([axis + 1]), i64([1])])
+        size = g.node("Squeeze", [g.node("Slice", [img_shape, i64([img_dim]), i64([img_dim + 1])]), i64([0])])
+        hi = g.node("Sub", [g.node("Cast", [size], to=tp.FLOAT), g.const(np.float32(1.0), "one")])
+        coords.append(g.node("Clip", [g.node("Add", [base, o]), g.const(np.float32(0.0), "zero"), hi]))
+    return score, g.node("Concat", coords, axis=1)
+
+
+def _calibration_images() -> list[np.ndarray]:
+    """Two real photos shipped with scikit-image (RGB uint8), resized to 240x320."""
+    import cv2
+    import skimage.data
+
+    return [
+        cv2.resize(im, (320, 240), interpolation=cv2.INTER_AREA)
+        for im in (skimage.data.astronaut(), skimage.data.coffee())
+    ]
+
+
+def _head_ranges(model: nn.Module, images: list[np.ndarray]) -> dict[str, float]:
+    """Largest ReLU output of the score / position head convs over ``images`` (the fake-quantized model)."""
+    from zippy.image import to_tensor
+
+    peaks = {"score_head": 0.0, "position_head": 0.0}
+    hooks = [
+        getattr(model, name)[0].register_forward_hook(
+            lambda m, i, o, name=name: peaks.__setitem__(name, max(peaks[name], float(o.detach().max())))
+        )
+        for name in peaks
+    ]
+    try:
+        training = model.training
+        model.eval()
+        with torch.no_grad():
+            for im in images:
+                x = to_tensor(im)
+                h, w = x.shape[-2:]
+                model(x[..., : h - h % 8, : w - w % 8])
+        model.train(training)
+    finally:
+        for h in hooks:
+            h.remove()
+    return peaks
+
+
+def _int8_bytes(model: nn.Module, calibration: list[np.ndarray] | None = None) -> bytes:
+    from zippy.quant.int8 import Grid, convert
+
+    net = convert(model)
+    images = calibration if calibration is not None else _calibration_images()
+    peaks = _head_ranges(model, images)
+    log.info(
+        "int8 ONNX: calibrated (no trained range) score / position head ReLU outputs on %d images: max %s",
+        len(images),
+        {k: round(v, 3) for k, v in peaks.items()},
+    )
+    g = _Graph()
+    q = g.quant(INPUT, net.grid_image)
+    q = _float_int8conv(g, q, net.stem)  # 3 input channels: float conv, exact as the int8 engine's hardswish
+    for regrid, pool, blocks in net.stages:
+        s2d = g.node("SpaceToDepth", [q], blocksize=2)  # channel order (dy, dx, c), as the int8 engine's
+        q = _qlinear_conv(g, _regrid(g, s2d, regrid), pool.conv, pool.grid_out)
+        for block in blocks:
+            q = _binary_residual(g, q, block)
+    for block in net.block8:
+        q = _binary_residual(g, q, block)
+    heads = []
+    for name, (regrid, conv, out) in (
+        ("score_head", (net.score_in, net.score_conv, net.score_out)),
+        ("position_head", (net.position_in, net.position_conv, net.position_out)),
+    ):
+        grid = Grid(max(peaks[name], 1e-6) / 255.0, 0)
+        h = g.dequant(_qlinear_conv(g, _regrid(g, q, regrid), conv, grid), grid)
+        heads.append(_float_conv(g, h, out))
+    score, coords = _tail(g, heads[0], heads[1], net.cfg)
+    c0, c1, c2 = net.desc_convs
+    d = _qlinear_conv(g, _regrid(g, q, net.desc_in), c0, c0.grid_out)
+    d = g.node("DepthToSpace", [d], blocksize=2, mode="DCR")  # c0's channels are in (dy, dx, c) order
+    desc = _float_int8conv(g, _qlinear_conv(g, d, c1, c1.grid_out), c2)  # float descriptor map
+    h = g.helper
+    outputs = []
+    shapes = (
+        ["batch", 1, "cells_h", "cells_w"],
+        ["batch", 2, "cells_h", "cells_w"],
+        ["batch", c2.out_channels, "desc_h", "desc_w"],
+    )
+    for name, src, shape in zip(OUTPUTS, (score, coords, desc), shapes):
+        g.nodes.append(h.make_node("Identity", [src], [name], name=name))
+        outputs.append(h.make_tensor_value_info(name, g.TP.FLOAT, shape))
+    graph = h.make_graph(
+        g.nodes,
+        "zippypoint_int8",
+        [h.make_tensor_value_info(INPUT, g.TP.FLOAT, ["batch", 3, "height", "width"])],
+        outputs,
+        g.inits,
+    )
+    onnx_model = h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    onnx_model.producer_name = "zippy"
+    import onnx
+
+    onnx.checker.check_model(onnx_model)
+    return onnx_model.SerializeToString()
+
+
+def export_int8(model: nn.Module, path: str | os.PathLike, calibration: list[np.ndarray] | None = None) -> Path:
+    """Write the int8 ONNX graph of a trained zippypoint ``model`` to ``path`` (atomic).
+
+    The score / position heads' ReLU outputs have no trained range; the int8 graph quantizes them on
+    [0, max] measured on ``calibration`` (RGB uint8 images; default: two scikit-image photos).
+
+    Raises:
+        ValueError: the model cannot be converted to int8 (the message says why).
+    """
+    return _write(path, _int8_bytes(model, calibration))
+
+
+def onnx_bytes(model: nn.Module, *, int8: bool, calibration: list[np.ndarray] | None = None) -> bytes:
+    """The serialized ONNX graph (int8 or fp32) of ``model``.
+
+    ``calibration``: RGB uint8 images for the int8 graph's head ranges (default: two scikit-image photos).
+    """
+    return _int8_bytes(model, calibration) if int8 else _fp32_bytes(model)
+
+
+def _write(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ engine
+
+
+class OnnxNet:
+    """onnxruntime drop-in for the torch network: float [B, 3, H, W] -> {score, coords, desc} (torch float32).
+
+    Args:
+        model: a KeypointNet (exported here, in memory) or the path / bytes of an exported ONNX graph.
+        int8: for a KeypointNet: True for the int8 graph, False for fp32, None (default) for int8 when
+            :func:`zippy.quant.int8.unsupported_reason` allows it (ignoring the missing x86 kernels,
+            which onnxruntime does not need), else fp32.
+        threads: onnxruntime intra-op threads (default: torch.get_num_threads()).
+        calibration: images for the int8 graph's head ranges (see :func:`export_int8`).
+
+    Attributes:
+        int8: whether the graph is the int8 one (None when loaded from a file or bytes).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | str | os.PathLike | bytes,
+        *,
+        int8: bool | None = None,
+        threads: int | None = None,
+        calibration: list[np.ndarray] | None = None,
+    ):
+        import onnxruntime as ort
+
+        self.int8: bool | None = None
+        if isinstance(model, nn.Module):
+            if int8 is None:
+                int8 = _int8_possible(model)
+            self.int8 = bool(int8)
+            data = onnx_bytes(model, int8=self.int8, calibration=calibration)
+        elif isinstance(model, bytes):
+            data = model
+        else:
+            path = Path(model)
+            if not path.is_file():
+                raise FileNotFoundError(f"ONNX file not found: {path}")
+            data = path.read_bytes()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(threads or torch.get_num_threads())
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in self.session.get_outputs()]
+        if sorted(names) != sorted(OUTPUTS):
+            raise ValueError(f"ONNX graph outputs {names}, expected {list(OUTPUTS)}")
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected float [B, 3, H, W], got {x.dtype} {list(x.shape)}")
+        if x.shape[-2] % 8 or x.shape[-1] % 8:
+            raise ValueError(f"input size must be a multiple of 8, got {x.shape[-1]}x{x.shape[-2]}")
+        out = self.session.run(list(OUTPUTS), {INPUT: x.detach().float().contiguous().numpy()})
+        return {k: torch.from_numpy(v) for k, v in zip(OUTPUTS, out)}
+
+
+def _int8_possible(model: nn.Module) -> bool:
+    from zippy.models import KeypointNet
+    from zippy.quant import int8
+
+    if not isinstance(model, KeypointNet):
+        return False
+    try:
+        int8._Plan(model)
+    except (ValueError, TypeError) as e:
+        log.debug("onnx engine: fp32 graph (%s)", e)
+        return False
+    return not int8._uninitialized(model)
