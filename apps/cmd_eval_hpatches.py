@@ -12,14 +12,11 @@ Writes summary.json, table.md and mma_<dataset>.png under ``--out`` (see
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from zippy_apps.eval_args import csv_list, limit_threads, method_weights
+
 HELP = "HPatches-style evaluation (repeatability, homography accuracy, matching score, MMA)"
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,29 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="recompute cached features")
 
 
-def _weights(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--weights must be METHOD=PATH, got {item!r}")
-        out[name.strip().lower()] = path
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation and print the markdown table."""
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))
+    limit_threads(args.threads)
     from zippy_eval.hpatches.pipeline import HPatchesConfig, Setting
     from zippy_eval.hpatches.pipeline import run as run_pipeline
 
     conf = HPatchesConfig(
-        methods=tuple(m.lower() for m in _csv(args.methods)),
-        settings=tuple(Setting.parse(s) for s in _csv(args.settings)),
-        weights=_weights(args.weights),
+        methods=tuple(m.lower() for m in csv_list(args.methods)),
+        settings=tuple(Setting.parse(s) for s in csv_list(args.settings)),
+        weights=method_weights(args.weights),
         engine=args.engine,
         include=tuple(args.include) if args.include else None,
         exclude=tuple(args.exclude),

@@ -14,24 +14,11 @@ summary.json, table.md and errors.png under ``--out`` and prints the table.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from zippy_apps.eval_args import csv_list, limit_threads, method_weights
+
 HELP = "visual localization: map from our features with pycolmap, queries by absolute pose, recall"
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _weights(items: list[str]) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--weights must be METHOD=PATH, got {item!r}")
-        out[name.strip().lower()] = path
-    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,19 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation and print the markdown table."""
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))
+    limit_threads(args.threads)
     from zippy_eval.localization.datasets import load_dataset
     from zippy_eval.localization.pipeline import LocalizationConf
     from zippy_eval.localization.pipeline import run as run_pipeline
 
     conf = LocalizationConf(
-        methods=tuple(m.lower() for m in _csv(args.methods)),
+        methods=tuple(m.lower() for m in csv_list(args.methods)),
         max_keypoints=args.max_keypoints,
         resize_max=args.resize_max,
-        weights=_weights(args.weights),
+        weights=method_weights(args.weights),
         engine=args.engine,
         mapping=args.mapping,
         pairs=args.pairs,

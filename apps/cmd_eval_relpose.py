@@ -12,10 +12,9 @@ and prints the table.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from zippy_apps.cmd_eval_localization import _csv, _weights
+from zippy_apps.eval_args import csv_list, limit_threads, method_weights
 
 HELP = "relative pose AUC@5/10/20 deg on ScanNet-style pairs (essential matrix RANSAC)"
 
@@ -39,20 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation and print the markdown table."""
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))
+    limit_threads(args.threads)
     from zippy_eval.relpose import RelPoseConf
     from zippy_eval.relpose import run as run_pipeline
 
     conf = RelPoseConf(
-        methods=tuple(m.lower() for m in _csv(args.methods)),
+        methods=tuple(m.lower() for m in csv_list(args.methods)),
         max_keypoints=args.max_keypoints,
         resize_max=args.resize_max,
         estimator=args.estimator,
         ransac_px=args.ransac_px,
-        weights=_weights(args.weights),
+        weights=method_weights(args.weights),
         engine=args.engine,
         num_threads=args.threads,
         overwrite=args.overwrite,

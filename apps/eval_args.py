@@ -1,0 +1,29 @@
+"""Argument helpers shared by the `zippy eval ...` commands."""
+
+from __future__ import annotations
+
+import os
+
+
+def csv_list(text: str) -> list[str]:
+    """'orb, sift,,zippypoint' -> ['orb', 'sift', 'zippypoint']."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def method_weights(items: list[str]) -> dict[str, str | None]:
+    """Repeated ``--weights METHOD=PATH`` options -> {method: path}."""
+    out: dict[str, str | None] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--weights must be METHOD=PATH, got {item!r}")
+        out[name.strip().lower()] = path
+    return out
+
+
+def limit_threads(threads: int) -> None:
+    """Check ``--threads`` and set the thread variables of libraries that read them at start-up."""
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
