@@ -22,8 +22,13 @@ def method_weights(items: list[str]) -> dict[str, str | None]:
 
 
 def limit_threads(threads: int) -> None:
-    """Check ``--threads`` and set the thread variables of libraries that read them at start-up."""
+    """Check ``--threads`` and set the thread variables of libraries that read them at start-up.
+
+    NUMBA_NUM_THREADS is left alone on purpose: numba fixes its pool size when the pool starts and
+    raises if the variable changes afterwards in the same process; the matcher's thread count is set
+    with zippy.matching.set_num_threads instead (default 1).
+    """
     if threads < 1:
         raise ValueError(f"--threads must be >= 1, got {threads}")
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
