@@ -15,6 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step and process")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=200, help="linear learning-rate warm-up steps")
     p.add_argument("--workers", type=int, default=1, help="data loading worker processes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (AMX): ~3x faster here")
@@ -26,6 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None, help="BinNormTrain temperature")
     p.add_argument("--loss", default="{}", help="JSON overrides of LossConfig, e.g. '{\"desc_weight\": 1}'")
     p.add_argument("--crop", default="240x320", help="training crop HxW (default 240x320)")
+    p.add_argument(
+        "--float-warmup-steps",
+        type=int,
+        default=0,
+        help="train this many steps with quantization off (binary convs as float convs), then QAT",
+    )
     p.add_argument("--ste", choices=("ste", "ana"), default="ste", help="estimator of quantized layers' gradients")
     p.add_argument("--distill", default=None, help="teacher: aliked, an ALIKED .pth, a zippy weights file or 'kp2d'")
     p.add_argument("--distill-weight", type=float, default=1.0)
@@ -65,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        warmup_steps=args.warmup_steps,
         workers=args.workers,
         threads=args.threads,
         bf16=args.bf16,
@@ -78,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         loss=loss,
         crop=crop,
         ste=args.ste,
+        float_warmup_steps=args.float_warmup_steps,
         distill=args.distill,
         distill_weight=args.distill_weight,
         model_options=options,

@@ -2,10 +2,12 @@
 
 One run measures every method on the same real frames (``../shared/data/localization/
 tum_freiburg_sequence``, consecutive 640x480 photos of an office, resized to each size with
-INTER_AREA), so that ratios between methods come from one run on one machine state. Each
-(method, size, threads) cell runs in its own subprocess: the thread count is set before torch /
-OpenCV / numba start, and the peak memory is that process's ``ru_maxrss`` growth during extraction
-(``tracemalloc`` does not see torch's allocator).
+INTER_AREA). Timing: one subprocess per (size, threads) builds every method, then goes frame by
+frame running every method on each frame (rotating the order), so that load changes on a shared
+machine hit all methods alike and the ratios between them hold. The thread count is set before
+torch / OpenCV / numba start. Memory: one subprocess per (method, size) on one thread reports its
+``ru_maxrss`` before / after building the method and after extracting 3 frames (``tracemalloc``
+does not see torch's allocator).
 
 Methods (names in the results):
     * ``zippypoint-fp32``: the zippypoint network in float with fake quantization switched off
@@ -19,7 +21,8 @@ Methods (names in the results):
 Per frame: ``network_ms`` and ``post_ms`` (zippy methods: network forward / NMS, top-k, sampling,
 binarization), ``total_ms`` (the whole ``extract`` call from the RGB uint8 image), and ``match_ms``
 (mutual nearest neighbours against the previous frame: Hamming for binary, L2 for float
-descriptors). Reported per cell: medians over frames and repeats, peak memory (MB), keypoints.
+descriptors). Reported per cell: medians over frames and repeats, the fastest frame, peak memory
+(MB), keypoints.
 
 Zippypoint weights: ``--weights`` (default: the shipped weights). An untrained network has no
 trained activation ranges; then the EMA ranges are calibrated on the benchmark frames (train-mode
@@ -52,7 +55,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_METHODS", "BenchConfig", "main", "run", "run_cell"]
+__all__ = ["DEFAULT_METHODS", "BenchConfig", "main", "run", "run_memory", "run_timing", "target_checks"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FRAMES = REPO_ROOT.parent / "shared" / "data" / "localization" / "tum_freiburg_sequence"
@@ -186,13 +189,11 @@ class _Other:
         return self.method.extract(image, k), None, None
 
 
-def run_cell(cfg: BenchConfig, method: str, size: tuple[int, int], threads: int) -> dict[str, Any]:
-    """Measure one (method, size, threads) cell in this process (call it in a fresh process).
+def _make(cfg: BenchConfig, name: str, frames: list[np.ndarray]) -> _Zippy | _Other:
+    return _Zippy(name, cfg.weights, cfg.kp2d_weights, frames) if name in ZIPPY_VARIANTS else _Other(name)
 
-    Returns:
-        dict with the medians (ms) of network / post / total / match, peak memory growth (MB),
-        mean keypoints, the method info, and the raw per-frame totals.
-    """
+
+def _setup(threads: int) -> Any:
     _set_threads(threads)
     import cv2
     import torch
@@ -202,71 +203,112 @@ def run_cell(cfg: BenchConfig, method: str, size: tuple[int, int], threads: int)
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
     matching.set_num_threads(threads)
+    return matching
+
+
+def _median(v: list[float]) -> float | None:
+    return float(np.median(v)) if v else None
+
+
+def run_timing(cfg: BenchConfig, size: tuple[int, int], threads: int) -> list[dict[str, Any]]:
+    """Time every method on the same frames in this process, interleaved (call it in a fresh process).
+
+    All methods are built first; after one warm-up pass, each timed pass goes frame by frame and runs
+    every method on that frame (rotating the order), so a load change on the shared machine hits all
+    methods alike and the ratios between them stay meaningful.
+
+    Returns:
+        one row per method: medians and minima (ms) of network / post / total / match, keypoints, info.
+    """
+    import torch
+
+    matching = _setup(threads)
     frames = _load_frames(cfg.frames, cfg.n_frames, size)
-    m = _Zippy(method, cfg.weights, cfg.kp2d_weights, frames) if method in ZIPPY_VARIANTS else _Other(method)
-    k = cfg.max_keypoints
-    match = matching.match_hamming if m.binary else matching.match_l2
-    if m.binary:
+    methods = {name: _make(cfg, name, frames) for name in cfg.methods}
+    if any(m.binary for m in methods.values()):
         matching.warmup(threads=threads)
-    # warm-up pass (lazy initialisation, JIT compilation, oneDNN kernel selection)
-    prev = None
-    for im in frames:
-        f, _, _ = m.extract(im, k)
-        if prev is not None:
-            match(f.descriptors, prev.descriptors, mutual=True)
-        prev = f
-    rss0 = _maxrss_mb()
-    rows: dict[str, list[float]] = {"network_ms": [], "post_ms": [], "total_ms": [], "match_ms": [], "n": []}
-    for _ in range(cfg.repeats):
-        prev = None
-        for im in frames:
-            t0 = time.perf_counter()
-            f, net_ms, post_ms = m.extract(im, k)
-            t1 = time.perf_counter()
-            rows["total_ms"].append(1e3 * (t1 - t0))
-            rows["n"].append(len(f))
-            if net_ms is not None:
-                rows["network_ms"].append(float(net_ms))
-                rows["post_ms"].append(float(post_ms))
-            if prev is not None:
+    k = cfg.max_keypoints
+    times: dict[str, dict[str, list[float]]] = {
+        n: {"network_ms": [], "post_ms": [], "total_ms": [], "match_ms": [], "n": []} for n in methods
+    }
+    prev: dict[str, Any] = {}
+    names = list(methods)
+    for rep in range(cfg.repeats + 1):  # pass 0 warms up (lazy initialisation, JIT, kernel selection)
+        prev.clear()
+        for i, im in enumerate(frames):
+            shift = (i + rep) % len(names)
+            for name in names[shift:] + names[:shift]:
+                m, rows = methods[name], times[name]
+                match = matching.match_hamming if m.binary else matching.match_l2
+                t0 = time.perf_counter()
+                f, net_ms, post_ms = m.extract(im, k)
+                t1 = time.perf_counter()
+                if name in prev:
+                    match(f.descriptors, prev[name].descriptors, mutual=True)
                 t2 = time.perf_counter()
-                match(f.descriptors, prev.descriptors, mutual=True)
-                rows["match_ms"].append(1e3 * (time.perf_counter() - t2))
-            prev = f
+                if rep > 0:
+                    rows["total_ms"].append(1e3 * (t1 - t0))
+                    rows["n"].append(len(f))
+                    if net_ms is not None:
+                        rows["network_ms"].append(float(net_ms))
+                        rows["post_ms"].append(float(post_ms))
+                    if name in prev:
+                        rows["match_ms"].append(1e3 * (t2 - t1))
+                prev[name] = f
+    out = []
+    for name, rows in times.items():
+        total, match_ms = _median(rows["total_ms"]), _median(rows["match_ms"])
+        out.append(
+            {
+                "method": name,
+                "height": size[0],
+                "width": size[1],
+                "threads": threads,
+                "torch_threads": torch.get_num_threads(),
+                "network_ms": _median(rows["network_ms"]),
+                "post_ms": _median(rows["post_ms"]),
+                "total_ms": total,
+                "match_ms": match_ms,
+                "total_plus_match_ms": (total or 0.0) + (match_ms or 0.0),
+                "network_ms_min": float(np.min(rows["network_ms"])) if rows["network_ms"] else None,
+                "total_ms_min": float(np.min(rows["total_ms"])),
+                "keypoints": float(np.mean(rows["n"])),
+                "info": methods[name].info,
+                "frame_totals_ms": rows["total_ms"],
+            }
+        )
+    return out
+
+
+def run_memory(cfg: BenchConfig, method: str, size: tuple[int, int]) -> dict[str, Any]:
+    """Memory of one method on one thread (call it in a fresh process): ``ru_maxrss`` (MB) before
+    building the method, after building it, and after extracting 3 frames (first call included)."""
+    _setup(1)
+    frames = _load_frames(cfg.frames, min(cfg.n_frames, 3), size)
+    rss0 = _maxrss_mb()
+    m = _make(cfg, method, frames)
     rss1 = _maxrss_mb()
-
-    def med(v: list[float]) -> float | None:
-        return float(np.median(v)) if v else None
-
+    for im in frames:
+        m.extract(im, cfg.max_keypoints)
+    rss2 = _maxrss_mb()
     return {
         "method": method,
         "height": size[0],
         "width": size[1],
-        "threads": threads,
-        "torch_threads": torch.get_num_threads(),
-        "network_ms": med(rows["network_ms"]),
-        "post_ms": med(rows["post_ms"]),
-        "total_ms": med(rows["total_ms"]),
-        "total_ms_min": float(np.min(rows["total_ms"])),
-        "match_ms": med(rows["match_ms"]),
-        "total_plus_match_ms": (med(rows["total_ms"]) or 0.0) + (med(rows["match_ms"]) or 0.0),
-        "keypoints": float(np.mean(rows["n"])),
-        "peak_rss_mb": rss1,
-        "peak_growth_mb": max(rss1 - rss0, 0.0),
-        "rss_before_mb": rss0,
-        "info": m.info,
-        "frame_totals_ms": rows["total_ms"],
+        "peak_rss_mb": rss2,
+        "model_mb": max(rss1 - rss0, 0.0),
+        "extract_mb": max(rss2 - rss1, 0.0),
     }
 
 
 # ----------------------------------------------------------------------------------------------- driver
 
 
-def _run_subprocess(cfg: BenchConfig, method: str, size: tuple[int, int], threads: int) -> dict[str, Any]:
+def _run_worker(cfg: BenchConfig, job: dict[str, Any], threads: int) -> Any:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[var] = str(threads)
-    payload = json.dumps({"cfg": asdict(cfg), "method": method, "size": list(size), "threads": threads})
+    payload = json.dumps({"cfg": asdict(cfg), **job})
     proc = subprocess.run(
         [sys.executable, "-m", "zippy_eval.bench_extract", "--worker", payload],
         capture_output=True,
@@ -275,10 +317,10 @@ def _run_subprocess(cfg: BenchConfig, method: str, size: tuple[int, int], thread
         timeout=cfg.timeout_s,
         check=False,
     )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("{", "["))]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"method": method, "height": size[0], "width": size[1], "threads": threads, "error": " | ".join(tail)}
+        raise RuntimeError(f"benchmark worker {job} failed: {' | '.join(tail)}")
     return json.loads(lines[-1])
 
 
@@ -291,7 +333,7 @@ def _loadavg() -> list[float] | None:
 
 def _row(rows: list[dict[str, Any]], method: str, h: int, threads: int) -> dict[str, Any] | None:
     for r in rows:
-        if r["method"] == method and r["height"] == h and r["threads"] == threads and "error" not in r:
+        if r["method"] == method and r["height"] == h and r["threads"] == threads:
             return r
     return None
 
@@ -322,10 +364,10 @@ def _plot(rows: list[dict[str, Any]], path: Path, threads: int) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = sorted({(r["height"], r["width"]) for r in rows if "error" not in r})
+    sizes = sorted({(r["height"], r["width"]) for r in rows})
     fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.5), squeeze=False)
     for ax, (h, w) in zip(axes[0], sizes):
-        cells = [r for r in rows if r.get("height") == h and r.get("threads") == threads and "error" not in r]
+        cells = [r for r in rows if r["height"] == h and r["threads"] == threads]
         names = [r["method"] for r in cells]
         net = [r["network_ms"] or 0.0 for r in cells]
         post = [r["post_ms"] or 0.0 for r in cells]
@@ -357,14 +399,20 @@ def _plot(rows: list[dict[str, Any]], path: Path, threads: int) -> Path:
 def _markdown(rows: list[dict[str, Any]], checks: dict[str, Any], cfg: BenchConfig, env: dict[str, Any]) -> str:
     from zippy_eval.results import markdown_table
 
-    headers = ["method", "size", "threads", "network ms", "post ms", "total ms", "match ms", "peak MB", "+MB", "kp"]
+    headers = [
+        "method",
+        "size",
+        "threads",
+        "network ms",
+        "post ms",
+        "total ms",
+        "match ms",
+        "min total",
+        "peak MB",
+        "kp",
+    ]
     table = []
     for r in sorted(rows, key=lambda r: (r["threads"], r["height"], list(cfg.methods).index(r["method"]))):
-        if "error" in r:
-            table.append(
-                [r["method"], f"{r['width']}x{r['height']}", r["threads"], "error", "-", "-", "-", "-", "-", "-"]
-            )
-            continue
         table.append(
             [
                 r["method"],
@@ -374,8 +422,8 @@ def _markdown(rows: list[dict[str, Any]], checks: dict[str, Any], cfg: BenchConf
                 r["post_ms"],
                 r["total_ms"],
                 r["match_ms"],
+                r["total_ms_min"],
                 r["peak_rss_mb"],
-                r["peak_growth_mb"],
                 round(r["keypoints"]),
             ]
         )
@@ -385,9 +433,11 @@ def _markdown(rows: list[dict[str, Any]], checks: dict[str, Any], cfg: BenchConf
         f"Frames: {cfg.n_frames} consecutive real frames from `{Path(cfg.frames).name}`, resized (INTER_AREA); "
         f"{cfg.repeats} timed passes after one warm-up; budget {cfg.max_keypoints} keypoints; medians per frame. "
         f"Load average before / after: {env.get('loadavg_before')} / {env.get('loadavg_after')} "
-        f"on {os.cpu_count()} CPUs. Peak MB = process max RSS, +MB = its growth during extraction.",
+        f"on {os.cpu_count()} CPUs. Methods interleaved frame by frame in one process per size and thread "
+        f"count; min total = fastest frame. Peak MB = max RSS of a separate 1-thread process that builds the "
+        f"method and extracts 3 frames.",
         "",
-        markdown_table(headers, table, floatfmt=[".3f", "", "", ".1f", ".1f", ".1f", ".2f", ".0f", ".0f", ""]),
+        markdown_table(headers, table, floatfmt=[".3f", "", "", ".1f", ".1f", ".1f", ".2f", ".1f", ".0f", ""]),
         "",
         "## Targets (1 thread)",
         "",
@@ -398,7 +448,8 @@ def _markdown(rows: list[dict[str, Any]], checks: dict[str, Any], cfg: BenchConf
 
 
 def run(cfg: BenchConfig, output_dir: str | os.PathLike) -> Path:
-    """Run every cell (each in a subprocess) and write the result files; returns ``summary.json``'s path."""
+    """Run the timing workers (one per size and thread count) and the memory workers (one per method and
+    size), write the result files; returns ``summary.json``'s path."""
     from tqdm import tqdm
 
     from zippy_eval.results import environment, write_summary, write_text
@@ -410,13 +461,21 @@ def run(cfg: BenchConfig, output_dir: str | os.PathLike) -> Path:
         raise ValueError(f"unknown methods {unknown}; choose from {sorted(set(DEFAULT_METHODS) | set(ZIPPY_VARIANTS))}")
     out = Path(output_dir)
     load_before = _loadavg()
-    cells = [(m, tuple(s), t) for t in cfg.threads for s in cfg.sizes for m in cfg.methods]
-    rows = []
-    for method, size, threads in tqdm(cells, desc="bench extract", unit="cell"):
-        row = _run_subprocess(cfg, method, size, threads)
-        if "error" in row:
-            logger.warning("%s %s %d threads failed: %s", method, size, threads, row["error"])
-        rows.append(row)
+    jobs = [({"kind": "timing", "size": list(s), "threads": t}, t) for t in cfg.threads for s in cfg.sizes]
+    jobs += [({"kind": "memory", "size": list(s), "method": m}, 1) for s in cfg.sizes for m in cfg.methods]
+    rows: list[dict[str, Any]] = []
+    memory: dict[tuple[str, int], dict[str, Any]] = {}
+    loads = []
+    for job, threads in tqdm(jobs, desc="bench extract", unit="job"):
+        loads.append(_loadavg())
+        result = _run_worker(cfg, job, threads)
+        if job["kind"] == "timing":
+            rows.extend(result)
+        else:
+            memory[(result["method"], result["height"])] = result
+    for r in rows:
+        mem = memory.get((r["method"], r["height"]), {})
+        r.update({k: mem.get(k) for k in ("peak_rss_mb", "model_mb", "extract_mb")})
     load_after = _loadavg()
     checks = target_checks(rows)
     env = environment()
@@ -429,7 +488,9 @@ def run(cfg: BenchConfig, output_dir: str | os.PathLike) -> Path:
         methods=methods_info,
         rows=[{k: v for k, v in r.items() if k != "info"} for r in rows],
         aggregates={"targets_1_thread": checks},
-        extra={"bench_environment": {"loadavg_before": load_before, "loadavg_after": load_after}},
+        extra={
+            "bench_environment": {"loadavg_before": load_before, "loadavg_after": load_after, "loadavg_per_job": loads}
+        },
     )
     write_text(out / "summary.md", _markdown(rows, checks, cfg, env))
     _plot(rows, out / "times.png", threads=min(cfg.threads))
@@ -488,9 +549,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
         spec = json.loads(argv[1])
-        cfg = BenchConfig(**{k: v for k, v in spec["cfg"].items()})
-        row = run_cell(cfg, spec["method"], tuple(spec["size"]), int(spec["threads"]))
-        print(json.dumps(row))
+        cfg = BenchConfig(**spec["cfg"])
+        size = (int(spec["size"][0]), int(spec["size"][1]))
+        if spec["kind"] == "timing":
+            result: Any = run_timing(cfg, size, int(spec["threads"]))
+        else:
+            result = run_memory(cfg, spec["method"], size)
+        print(json.dumps(result))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)

@@ -174,3 +174,41 @@ def test_batchnorm_recalibration_matches_batch_statistics() -> None:
         pre = model.stem[0](x)
     torch.testing.assert_close(bn.running_mean, pre.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert bn.momentum == 0.1  # restored
+
+
+def test_float_warmup_switches_quantization_on_at_the_given_step(image_folder: Path, tmp_path: Path) -> None:
+    from zippy.quant.layers import ActQuant, BinaryConv2d
+
+    seen: list[bool] = []
+
+    def spy(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, BinaryConv2d):
+            seen.append(module.binary_enabled)
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(spy)
+    try:
+        tc = TrainConfig(
+            images=str(image_folder), out_dir=str(tmp_path / "w"), backbone="zippypoint", steps=3, batch_size=2,
+            warmup_steps=1, workers=0, threads=1, val_every=0, crop=(64, 96), log_every=1, float_warmup_steps=2,
+            bn_recal_batches=0,
+        )  # fmt: skip
+        weights = train(tc, progress=False)
+    finally:
+        handle.remove()
+    per_step = len(seen) // 3
+    assert seen[: 3 * per_step] == [False] * (2 * per_step) + [True] * per_step  # 2 float steps, then binary
+    model, _ = load_model(weights)
+    assert all(m.binary_enabled for m in model.modules() if isinstance(m, BinaryConv2d))
+    assert all(bool(m.initialized) for m in model.modules() if isinstance(m, ActQuant))
+
+
+def test_binary_conv_float_mode_is_a_plain_conv() -> None:
+    from zippy.quant.layers import BinaryConv2d, set_fake_quant
+
+    conv = BinaryConv2d(4, 5, 3)
+    x = torch.randn(2, 4, 9, 7)
+    binary = conv(x)
+    set_fake_quant(conv, False, binary=False)
+    torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, conv.weight, padding=1))
+    set_fake_quant(conv, True, binary=True)
+    torch.testing.assert_close(conv(x), binary)

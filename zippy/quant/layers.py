@@ -17,7 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ActQuant", "BinaryConv2d", "QConv2d", "fake_quant", "set_fake_quant", "sign_ste", "weight_fake_quant"]
+__all__ = [
+    "ActQuant",
+    "BinaryConv2d",
+    "QConv2d",
+    "fake_quant",
+    "reset_activation_ranges",
+    "set_fake_quant",
+    "sign_ste",
+    "weight_fake_quant",
+]
 
 
 def fake_quant(x: torch.Tensor, scale: float | torch.Tensor, zero_point: int | torch.Tensor, qmin: int, qmax: int):
@@ -162,9 +171,14 @@ class BinaryConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, bias=False)
         self.pad = kernel_size // 2
-        nn.init.uniform_(self.weight, -1.0, 1.0)
+        self.binary_enabled = True  # False: a plain float conv (zero padding), for a float warm-up
+        # latent weights keep nn.Conv2d's small default init (|w| <= 1 / sqrt(fan_in)): with Adam moving a
+        # weight by ~lr per step, signs can flip from the first steps (a +-1 init would freeze them for
+        # hundreds of steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.binary_enabled:
+            return F.conv2d(x, self.weight, None, self.stride, self.pad)
         xb = sign_ste(x)
         if self.pad:
             xb = F.pad(xb, (self.pad,) * 4, value=1.0)
@@ -172,11 +186,25 @@ class BinaryConv2d(nn.Conv2d):
         return self._conv_forward(xb, wb, None)
 
 
-def set_fake_quant(model: nn.Module, enabled: bool) -> nn.Module:
-    """Switch every activation / weight fake-quantizer on or off (binary layers stay binary)."""
+def set_fake_quant(model: nn.Module, enabled: bool, *, binary: bool | None = None) -> nn.Module:
+    """Switch every activation / weight fake-quantizer on or off.
+
+    Binary layers stay binary unless ``binary`` is given: ``binary=False`` turns them into float convs
+    too (the whole network in float, as in a float warm-up before quantization-aware training).
+    """
     for m in model.modules():
         if isinstance(m, ActQuant):
             m.enabled = enabled
         elif isinstance(m, QConv2d):
             m.quant_enabled = enabled
+        elif isinstance(m, BinaryConv2d) and binary is not None:
+            m.binary_enabled = binary
+    return model
+
+
+def reset_activation_ranges(model: nn.Module) -> nn.Module:
+    """Forget the EMA ranges of every tracked (non-fixed) :class:`ActQuant`; the next batch sets them anew."""
+    for m in model.modules():
+        if isinstance(m, ActQuant) and not m.fixed:
+            m.initialized.fill_(False)
     return model

@@ -4,9 +4,10 @@ For every source cell keypoint p0 warped into the target (p0w = H p0) and visibl
 * location: distance from p0w to the nearest target keypoint, for pairs closer than ``match_px``;
 * score: UnsuperPoint's repeatability loss ((s0 + s1) / 2 * (d - mean d)) plus score consistency;
 * descriptor: triplet loss with the hardest negative among target keypoints farther than
-  ``neg_px`` from p0w. Binary descriptors go through BinNormTrain (soft top-k, sum = k) and use the
-  Hamming-equivalent distance d = 1 - <y0, y1> / k (= Hamming / (2k) for hard bits); float ones are
-  L2-normalized and use the Euclidean distance.
+  ``neg_px`` from p0w, or (``desc_loss="nce"``) InfoNCE: a softmax over the positive and all those
+  negatives, with similarity = -distance / ``nce_temperature``. Binary descriptors go through
+  BinNormTrain (soft top-k, sum = k) and use the Hamming-equivalent distance d = 1 - <y0, y1> / k
+  (= Hamming / (2k) for hard bits); float ones are L2-normalized and use the Euclidean distance.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class LossConfig:
     border_px: float = 8.0
     margin_binary: float = 0.25
     margin_float: float = 0.2
+    desc_loss: str = "triplet"  # "triplet" (hardest negative) or "nce" (softmax over all negatives)
+    nce_temperature: float = 0.1
 
 
 def warp_points_torch(points: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -149,7 +152,12 @@ def _descriptor_loss(out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones
         finite = torch.isfinite(hardest)
         if int(finite.sum()) == 0:
             continue
-        losses.append(F.relu(d_pos[finite] - hardest[finite] + margin))
+        if cfg.desc_loss == "nce":
+            # similarity = -distance; the positive competes with every negative (InfoNCE)
+            logits = torch.cat([-d_pos[:, None], -d_neg], 1)[finite] / cfg.nce_temperature
+            losses.append(torch.logsumexp(logits, 1) - logits[:, 0])
+        else:
+            losses.append(F.relu(d_pos[finite] - hardest[finite] + margin))
         correct += int((d_pos[finite] < hardest[finite]).sum())
         count += int(finite.sum())
     if not losses:

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from zippy.models import KeypointNet, ModelConfig, clip_binary_weights, compression
+from zippy.quant.layers import reset_activation_ranges, set_fake_quant
 from zippy.quant.ste import set_ste
 from zippy.train.bn import recalibrate_batchnorm
 from zippy.train.data import TRAIN_GLOBS, AugmentConfig, HomographyPairs, list_images
@@ -65,6 +66,7 @@ class TrainConfig:
     temperature: float | None = None
     train_globs: tuple[str, ...] = TRAIN_GLOBS
     crop: tuple[int, int] = (240, 320)  # training crop (height, width)
+    float_warmup_steps: int = 0  # steps trained with quantization off (binary convs as float) before QAT
     ste: str = "ste"  # straight-through estimator of quantized layers: "ste" or "ana" (additive noise annealing)
     distill: str | None = None  # teacher: "aliked", an ALIKED .pth, a zippy weights file or a shipped backbone
     distill_weight: float = 1.0
@@ -177,6 +179,9 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
         _init_from(model, tc.init)
     if tc.ste != "ste":
         set_ste(model, tc.ste)
+    if step < tc.float_warmup_steps:
+        set_fake_quant(model, False, binary=False)
+        log.info("float warm-up: quantization off until step %d", tc.float_warmup_steps)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -250,6 +255,10 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
             for batch in loader:
                 if step >= tc.steps:
                     break
+                if step == tc.float_warmup_steps > 0:
+                    set_fake_quant(model, True, binary=True)
+                    reset_activation_ranges(model)
+                    log.info("step %d: float warm-up over, quantization-aware training from here", step)
                 lr = _lr_at(tc, step)
                 for g in opt.param_groups:
                     g["lr"] = lr
@@ -291,11 +300,14 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
                 if vset is not None and step % tc.val_every == 0:
                     recalibrate()
                     metrics = validate(model, vset)
+                    # the switch to quantization happens at the start of step float_warmup_steps + 1
+                    float_mode = step <= tc.float_warmup_steps and tc.float_warmup_steps > 0
+                    metrics["float_mode"] = float(float_mode)
                     score = metrics["val_h3"] + metrics["val_mma3"]
                     _append_jsonl(log_path, {"step": step, "event": "val", **metrics})
                     bar.write(f"step {step}: {metrics}")
                     export("weights.pt", metrics)
-                    if score > best:
+                    if score > best and not float_mode:  # best.pt: quantized weights only
                         best = score
                         export("best.pt", metrics)
                 if _is_main() and time.time() - t_ckpt > 60 * tc.ckpt_minutes:
