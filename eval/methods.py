@@ -343,12 +343,15 @@ def get_method(name: str, *, weights: str | os.PathLike | None = None, engine: s
     raise ValueError(f"unknown method {name!r}; choose from {available_methods()}")
 
 
-def match_features(f0: Features, f1: Features, *, mutual: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def match_features(
+    f0: Features, f1: Features, *, mutual: bool = True, ratio: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Nearest-neighbour matching: Hamming for packed binary descriptors, L2 for float ones.
 
     Args:
         f0, f1: features of two images with the same descriptor kind and width.
         mutual: keep only mutual nearest neighbours.
+        ratio: optional ratio test (nearest < ratio * second nearest), see zippy.matching.
 
     Returns:
         pairs int64 [K,2] (index in f0, index in f1) and distances [K].
@@ -361,5 +364,5 @@ def match_features(f0: Features, f1: Features, *, mutual: bool = True) -> tuple[
     from zippy import matching
 
     if f0.is_binary:
-        return matching.match_hamming(f0.descriptors, f1.descriptors, mutual=mutual)
-    return matching.match_l2(f0.descriptors, f1.descriptors, mutual=mutual)
+        return matching.match_hamming(f0.descriptors, f1.descriptors, mutual=mutual, ratio=ratio)
+    return matching.match_l2(f0.descriptors, f1.descriptors, mutual=mutual, ratio=ratio)

@@ -134,5 +134,9 @@ def test_match_features_mutual_nn(image):
         if name == "orb":  # Hamming distances are exact; L2 ones carry float rounding
             assert (np.asarray(dist)[pairs[:, 0] == pairs[:, 1]] == 0).all()
     orb, sift = get_method("orb").extract(image, 10), get_method("sift").extract(image, 10)
+    orb100, flipped = (get_method("orb").extract(im, 100) for im in (image, image[:, ::-1].copy()))
+    plain, _ = match_features(orb100, flipped, mutual=False)
+    strict, _ = match_features(orb100, flipped, mutual=False, ratio=0.7)
+    assert len(strict) < len(plain) and {tuple(p) for p in strict} <= {tuple(p) for p in plain}
     with pytest.raises(ValueError, match="descriptors differ"):
         match_features(orb, sift)

@@ -42,7 +42,7 @@ def _weight_kinds(model: nn.Module) -> dict[str, str]:
         prefix = f"{name}." if name else ""
         if isinstance(m, BinaryConv2d):
             kinds[prefix + "weight"] = "binary"
-        elif isinstance(m, QConv2d) and m.bits == 8:
+        elif isinstance(m, QConv2d) and m.bits == 8 and not getattr(m, "group_size", 0):  # per-channel scales only
             kinds[prefix + "weight"] = "int8"
     return kinds
 
