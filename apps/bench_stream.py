@@ -137,6 +137,7 @@ class BenchConfig:
         threads: CPU threads (OpenCV, torch, OMP env for libraries that read it at import).
         engine: zippy engine preferred; falls back to "auto" when it cannot be built.
         warmup: frames left out of the statistics.
+        weights: {method: weights file} for zippy methods (default: the shipped weights).
     """
 
     methods: list[str] = field(default_factory=lambda: ["orb", "zippypoint"])
@@ -147,6 +148,7 @@ class BenchConfig:
     threads: int = 1
     engine: str = "int8"
     warmup: int = 5
+    weights: dict[str, str | None] = field(default_factory=dict)
 
 
 class _SpeedProxy:
@@ -184,7 +186,9 @@ class _SpeedProxy:
         }
 
 
-def _load(name: str, engine: str, size: tuple[int, int] = (240, 320)) -> tuple[Any, str | None]:
+def _load(
+    name: str, engine: str, size: tuple[int, int] = (240, 320), weights: str | None = None
+) -> tuple[Any, str | None]:
     """Extractor by name; int8 engine preferred for zippy backbones. Returns (extractor, note).
 
     "<backbone>-proxy" (e.g. "zippypoint-proxy") is :class:`_SpeedProxy`.
@@ -194,14 +198,15 @@ def _load(name: str, engine: str, size: tuple[int, int] = (240, 320)) -> tuple[A
     if name.endswith("-proxy"):
         return _SpeedProxy(name[: -len("-proxy")], engine, size), "untrained network: timing only"
 
+    path = Path(weights) if weights else None
     try:
-        return load_extractor(name, engine=engine), None
+        return load_extractor(name, engine=engine, weights=path), None
     except (ValueError, RuntimeError, NotImplementedError) as e:
         if engine == "auto":
             raise
         note = f"engine {engine!r} unavailable ({e}); used 'auto'"
         logger.warning("%s: %s", name, note)
-        return load_extractor(name, engine="auto"), note
+        return load_extractor(name, engine="auto", weights=path), note
 
 
 def run(conf: BenchConfig, output_dir: str | os.PathLike) -> Path:
@@ -232,7 +237,7 @@ def run(conf: BenchConfig, output_dir: str | os.PathLike) -> Path:
                 skipped["tum"] = f"folder not found: {TUM_FOLDER}"
         for name in conf.methods:
             try:
-                extractor, note = _load(name, conf.engine, conf.size)
+                extractor, note = _load(name, conf.engine, conf.size, conf.weights.get(name))
             except (ValueError, FileNotFoundError, RuntimeError) as e:
                 skipped[name] = str(e)
                 logger.warning("skipping %s: %s", name, e)

@@ -15,12 +15,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-keypoints", type=int, default=500)
     p.add_argument("--engine", default="int8")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="METHOD=PATH",
+        help="weights file of a zippy method (repeatable); default: the shipped weights",
+    )
     p.add_argument("--output", type=Path, default=Path("results") / "bench_stream" / "default")
 
 
 def run(args: argparse.Namespace) -> int:
     from zippy_apps.bench_stream import BenchConfig
     from zippy_apps.bench_stream import run as run_bench
+    from zippy_apps.eval_args import method_weights
 
     conf = BenchConfig(
         methods=args.methods,
@@ -29,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         max_keypoints=args.max_keypoints,
         threads=args.threads,
         engine=args.engine,
+        weights=method_weights(args.weights),
     )
     path = run_bench(conf, args.output)
     print((path.parent / "summary.md").read_text())
