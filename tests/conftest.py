@@ -20,6 +20,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread (tests run two at a time under ``-n 2``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def photo() -> np.ndarray:
     """A real photo shipped with scikit-image (RGB uint8 512x512)."""

@@ -20,12 +20,7 @@ COMPRESSION = ("int8", "int4", "int4w6a", "a2q", "bm", "shift", "pruned", "dscon
 SMALL = {"widths": (8, 16, 16), "feat_dim": 32}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

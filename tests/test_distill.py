@@ -25,12 +25,7 @@ from zippy.train.distill import (
 SMALL = {"widths": (8, 16, 16), "feat_dim": 32}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _outputs(score: float = 0.5) -> dict[str, torch.Tensor]:

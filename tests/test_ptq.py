@@ -17,12 +17,7 @@ from zippy.weights import load_model, save_weights
 SMALL = {"widths": (8, 16, 16), "feat_dim": 32}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
