@@ -23,7 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--val-every", type=int, default=500, help="steps between quick validations (0: never)")
     p.add_argument("--val-images", default=None, help="development photos (default: bsds500_test_* of --images)")
-    p.add_argument("--init", default=None, help="weights or checkpoint to start from (e.g. a float warm-up)")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="weights or checkpoint to start from: same backbone by tensor name, another one by structure "
+        "(e.g. a trained float kp2d network as the warm-up of zippypoint)",
+    )
     p.add_argument("--temperature", type=float, default=None, help="BinNormTrain temperature")
     p.add_argument("--loss", default="{}", help="JSON overrides of LossConfig, e.g. '{\"desc_weight\": 1}'")
     p.add_argument("--crop", default="240x320", help="training crop HxW (default 240x320)")

@@ -212,3 +212,33 @@ def test_binary_conv_float_mode_is_a_plain_conv() -> None:
     torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(x, conv.weight, padding=1))
     set_fake_quant(conv, True, binary=True)
     torch.testing.assert_close(conv(x), binary)
+
+
+def test_init_from_a_float_kp2d_network_by_structure(tmp_path: Path) -> None:
+    from zippy.quant.layers import BinaryConv2d, QConv2d
+    from zippy.train.init import init_from, transfer_by_structure
+    from zippy.weights import save_weights
+
+    torch.manual_seed(0)
+    small = {"widths": (8, 16, 16), "feat_dim": 32}
+    kp2d = KeypointNet(ModelConfig(backbone="kp2d", **small))
+    for m in kp2d.modules():  # non-default BN statistics, so that copying them is visible
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    path = save_weights(tmp_path / "kp2d.pt", kp2d, {"trained": True})
+    zp = KeypointNet(ModelConfig(backbone="zippypoint", **small))
+    n = init_from(zp, path)
+    src_convs = [m for m in kp2d.modules() if isinstance(m, torch.nn.Conv2d)]
+    dst_convs = [m for m in zp.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert n > len(dst_convs) and any(isinstance(m, BinaryConv2d) for m in dst_convs)
+    for a, b in zip(src_convs, dst_convs):
+        want = a.weight.clamp(-1, 1) if isinstance(b, BinaryConv2d) else a.weight
+        torch.testing.assert_close(b.weight, want)
+        assert isinstance(b, (BinaryConv2d, QConv2d)) or type(b) is torch.nn.Conv2d
+    src_bn = [m for m in kp2d.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    dst_bn = [m for m in zp.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for a, b in zip(src_bn, dst_bn):
+        torch.testing.assert_close(b.running_mean, a.running_mean)
+    # a network of another shape is refused with the layer that differs
+    with pytest.raises(ValueError, match="conv 0"):
+        transfer_by_structure(KeypointNet(ModelConfig(backbone="kp2d", widths=(4, 16, 16), feat_dim=32)), zp)

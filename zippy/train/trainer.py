@@ -30,9 +30,10 @@ from zippy.quant.ste import set_ste
 from zippy.train.bn import recalibrate_batchnorm
 from zippy.train.data import TRAIN_GLOBS, AugmentConfig, HomographyPairs, list_images
 from zippy.train.distill import Distiller, make_teacher
+from zippy.train.init import init_from
 from zippy.train.losses import LossConfig, pair_loss
 from zippy.train.validate import ValidationSet, validate
-from zippy.weights import atomic_torch_save, load_weights, save_weights
+from zippy.weights import atomic_torch_save, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +105,6 @@ def _restore_optimizer_state(opt: torch.optim.Optimizer, sd: dict[str, Any]) -> 
     opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
 
 
-def _init_from(model: KeypointNet, path: str) -> None:
-    """Copy every tensor whose name and shape match from a weights file or checkpoint (e.g. float warm-up)."""
-    p = Path(path)
-    blob = torch.load(p, map_location="cpu", weights_only=True)
-    if "model" in blob:
-        src = blob["model"]
-    else:
-        _, src, _ = load_weights(p)
-    own = model.state_dict()
-    taken = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(taken, strict=False)
-    log.info("initialised %d/%d tensors from %s", len(taken), len(own), p)
-
-
 def _setup_distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -176,7 +163,7 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     elif resume:
         log.warning("--resume: no checkpoint at %s, starting from scratch", ckpt_path)
     if step == 0 and tc.init:
-        _init_from(model, tc.init)
+        init_from(model, tc.init)
     if tc.ste != "ste":
         set_ste(model, tc.ste)
     if step < tc.float_warmup_steps:
