@@ -41,6 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ste", choices=("ste", "ana"), default="ste", help="estimator of quantized layers' gradients")
     p.add_argument("--distill", default=None, help="teacher: aliked, an ALIKED .pth, a zippy weights file or 'kp2d'")
     p.add_argument("--distill-weight", type=float, default=1.0)
+    p.add_argument(
+        "--teacher-cache",
+        default=None,
+        help="folder of the ALIKED teacher cache, shareable between runs (default OUT/teacher_cache)",
+    )
     p.add_argument("--options", default="{}", help="JSON backbone options, e.g. '{\"accumulator_bits\": 20}'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -94,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         float_warmup_steps=args.float_warmup_steps,
         distill=args.distill,
         distill_weight=args.distill_weight,
+        teacher_cache=args.teacher_cache,
         model_options=options,
     )
     path = train(tc, resume=args.resume, progress=not args.no_progress)

@@ -71,6 +71,7 @@ class TrainConfig:
     ste: str = "ste"  # straight-through estimator of quantized layers: "ste" or "ana" (additive noise annealing)
     distill: str | None = None  # teacher: "aliked", an ALIKED .pth, a zippy weights file or a shipped backbone
     distill_weight: float = 1.0
+    teacher_cache: str | None = None  # cache folder of a cached teacher (ALIKED); default out_dir/teacher_cache
     model_options: dict[str, Any] = field(default_factory=dict)  # backbone options (ModelConfig.options)
     bn_recal_batches: int = 8  # batches of training pairs used to recalibrate BN before validating / exporting
     loss: dict[str, Any] = field(default_factory=dict)
@@ -179,7 +180,8 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     dataset = HomographyPairs(files, aug, seed=tc.seed)
     distiller = None
     if tc.distill:
-        distiller = Distiller(make_teacher(tc.distill, files=files, cache_dir=out / "teacher_cache"))
+        cache = Path(tc.teacher_cache) if tc.teacher_cache else out / "teacher_cache"
+        distiller = Distiller(make_teacher(tc.distill, files=files, cache_dir=cache))
         if _is_main() and hasattr(distiller.teacher, "build_cache"):
             distiller.teacher.build_cache(progress=progress)
     sampler = (
