@@ -21,25 +21,11 @@ from zippy.quant import int8, set_fake_quant
 from zippy.quant.layers import ActQuant, BinaryConv2d, QConv2d
 from zippy.quant.packing import is_packed, pack_state_dict, state_dict_nbytes, unpack_state_dict
 from zippy.weights import atomic_torch_save, build_model, load_weights, save_weights, shipped_weights
+from zippy_eval.int8_check import compare_features
 
 pytestmark = pytest.mark.skipif(
     int8._kernels_missing() is not None, reason=f"no int8 kernels: {int8._kernels_missing()}"
 )
-
-
-def _compare(ref, test) -> tuple[float, float]:
-    """(fraction of ref keypoints found in test within 0.05 px, fraction of those with identical descriptors)."""
-    n = matched = same = 0
-    for a, b in zip(ref, test):
-        n += len(a)
-        if not len(a) or not len(b):
-            continue
-        d = np.linalg.norm(a.keypoints[:, None] - b.keypoints[None], axis=-1)
-        j = d.argmin(1)
-        ok = d[np.arange(len(a)), j] < 0.05
-        matched += int(ok.sum())
-        same += int(np.all(a.descriptors[ok] == b.descriptors[j[ok]], axis=1).sum())
-    return matched / max(n, 1), same / max(matched, 1)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +153,8 @@ def test_int8_same_keypoints_and_descriptors_on_real_photos(shared_data, calibra
     assert test.engine == "int8"  # the default where supported
     photos = sorted((shared_data / "train_images").glob("bsds500_test_*.jpg"))[:3]  # development split
     images = [cv2.resize(read_image(p), (320, 240), interpolation=cv2.INTER_AREA) for p in photos]
-    kp, desc = _compare([ref.extract(im) for im in images], [test.extract(im) for im in images])
+    agree = compare_features([ref.extract(im) for im in images], [test.extract(im) for im in images])
+    kp, desc = agree["keypoints_found"], agree["descriptors_identical"]
     assert kp >= 0.99, f"only {kp:.4f} of the keypoints found within 0.05 px"
     assert desc >= 0.99, f"only {desc:.4f} of the descriptors identical"
 
