@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zippy_apps.eval_args import csv_list, limit_threads, method_weights
+from zippy_apps.eval_args import add_method_options, csv_list, limit_threads, method_weights
 
 HELP = "HPatches-style evaluation (repeatability, homography accuracy, matching score, MMA)"
 
@@ -33,15 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default="results/hpatches/latest", help="output folder (default results/hpatches/latest)"
     )
-    parser.add_argument(
-        "--weights", action="append", default=[], metavar="METHOD=PATH", help="weights file of a method (repeatable)"
-    )
-    parser.add_argument("--engine", default="auto", help="zippy engine: auto, int8, fp32, onnx (default auto)")
     parser.add_argument("--include", action="append", default=None, metavar="GLOB", help="only sequences matching")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave out sequences matching")
-    parser.add_argument("--threads", type=int, default=1, help="torch / OpenCV threads (default 1)")
     parser.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
-    parser.add_argument("--overwrite", action="store_true", help="recompute cached features")
+    add_method_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:

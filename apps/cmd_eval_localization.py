@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zippy_apps.eval_args import csv_list, limit_threads, method_weights
+from zippy_apps.eval_args import add_method_options, csv_list, limit_threads, method_weights
 
 HELP = "visual localization: map from our features with pycolmap, queries by absolute pose, recall"
 
@@ -42,13 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache", default="results/localization/data", help="generated data: synthetic scene, Sceaux reference SfM"
     )
-    parser.add_argument(
-        "--weights", action="append", default=[], metavar="METHOD=PATH", help="weights file of a method (repeatable)"
-    )
-    parser.add_argument("--engine", default="auto", help="zippy engine: auto, int8, fp32, onnx (default auto)")
-    parser.add_argument("--threads", type=int, default=1, help="pycolmap / torch / OpenCV threads (default 1)")
-    parser.add_argument("--overwrite", action="store_true", help="recompute cached features, matches and maps")
     parser.add_argument("--verbose-colmap", action="store_true", help="show COLMAP's own log")
+    add_method_options(parser, threads_help="pycolmap / torch / OpenCV threads")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zippy_apps.eval_args import csv_list, limit_threads, method_weights
+from zippy_apps.eval_args import add_method_options, csv_list, limit_threads, method_weights
 
 HELP = "relative pose AUC@5/10/20 deg on ScanNet-style pairs (essential matrix RANSAC)"
 
@@ -28,12 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--estimator", default="pycolmap", choices=["pycolmap", "opencv"], help="essential matrix")
     parser.add_argument("--ransac-px", type=float, default=1.0, help="RANSAC threshold in resized pixels (default 1)")
     parser.add_argument("--out", default="results/relpose/latest", help="output folder")
-    parser.add_argument(
-        "--weights", action="append", default=[], metavar="METHOD=PATH", help="weights file of a method (repeatable)"
-    )
-    parser.add_argument("--engine", default="auto", help="zippy engine: auto, int8, fp32, onnx (default auto)")
-    parser.add_argument("--threads", type=int, default=1, help="torch / OpenCV threads (default 1)")
-    parser.add_argument("--overwrite", action="store_true", help="recompute cached features")
+    add_method_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:

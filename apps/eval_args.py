@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 
@@ -32,3 +33,13 @@ def limit_threads(threads: int) -> None:
         raise ValueError(f"--threads must be >= 1, got {threads}")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
+
+
+def add_method_options(parser: argparse.ArgumentParser, *, threads_help: str = "torch / OpenCV threads") -> None:
+    """The options every `zippy eval ...` command shares: --weights, --engine, --threads, --overwrite."""
+    parser.add_argument(
+        "--weights", action="append", default=[], metavar="METHOD=PATH", help="weights file of a method (repeatable)"
+    )
+    parser.add_argument("--engine", default="auto", help="zippy engine: auto, int8, fp32, onnx (default auto)")
+    parser.add_argument("--threads", type=int, default=1, help=f"{threads_help} (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute cached results")
