@@ -74,18 +74,25 @@ def init_from(model: KeypointNet, path: str | os.PathLike) -> int:
     """Initialise ``model`` from a weights file or training checkpoint; returns the number of tensors set.
 
     Same backbone: every tensor whose name and shape match. Another backbone: by structure
-    (:func:`transfer_by_structure`), e.g. a trained float kp2d network into zippypoint.
+    (:func:`transfer_by_structure`), e.g. a trained float kp2d network into zippypoint, and by names
+    where the structures differ (a backbone that replaces convolutions).
     """
     path = Path(path)
     cfg, sd = _load_source(path)
-    if cfg.backbone == model.cfg.backbone:
+    n = 0
+    if cfg.backbone != model.cfg.backbone:
+        src = KeypointNet(cfg)
+        src.load_state_dict(sd, strict=True)
+        try:
+            n = transfer_by_structure(src, model)
+        except ValueError as e:  # e.g. shift or depthwise-separable layers: fall back to matching names
+            log.warning(
+                "%s -> %s: %s; copying the tensors whose names and shapes match", cfg.backbone, model.cfg.backbone, e
+            )
+    if n == 0:
         own = model.state_dict()
         taken = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(taken, strict=False)
         n = len(taken)
-    else:
-        src = KeypointNet(cfg)
-        src.load_state_dict(sd, strict=True)
-        n = transfer_by_structure(src, model)
     log.info("initialised %d/%d tensors from %s (%s)", n, len(model.state_dict()), path, cfg.backbone)
     return n
