@@ -242,3 +242,30 @@ def test_init_from_a_float_kp2d_network_by_structure(tmp_path: Path) -> None:
     # a network of another shape is refused with the layer that differs
     with pytest.raises(ValueError, match="conv 0"):
         transfer_by_structure(KeypointNet(ModelConfig(backbone="kp2d", widths=(4, 16, 16), feat_dim=32)), zp)
+
+
+def test_sigterm_to_the_process_group_still_writes_the_final_checkpoint(image_folder: Path, tmp_path: Path) -> None:
+    """`pkill -f` / Ctrl-C reach the data workers too; the final checkpoint must still be written."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "zippy_apps.cli", "train", "--images", str(image_folder), "--out", str(out),
+        "--steps", "100000", "--batch-size", "1", "--workers", "1", "--threads", "1", "--val-every", "0",
+        "--crop", "64x96", "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    log = out / "log.jsonl"
+    deadline = time.time() + 240
+    def trained() -> bool:  # a logged training step (the first record is the run's config)
+        return log.is_file() and any(json.loads(x).get("step", 0) > 0 for x in log.read_text().splitlines())
+
+    while time.time() < deadline and not trained():
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[-1].get("event") == "stop", err[-2000:]
+    ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert ck["step"] == records[-1]["step"] >= 10, [r for r in records if "config" not in r]

@@ -130,6 +130,14 @@ def _raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Data workers ignore Ctrl-C / SIGTERM sent to the whole process group (``pkill -f``, a terminal):
+    the main process writes its final checkpoint and then shuts them down. A worker killed first made
+    that checkpoint fail ("DataLoader worker ... is killed by signal")."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Run (or resume) training; returns the path of the latest weights file.
 
@@ -189,7 +197,12 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
         if world > 1
         else RandomSampler(dataset, generator=torch.Generator().manual_seed(tc.seed))
     )
-    loader_kw = {"num_workers": tc.workers, "persistent_workers": tc.workers > 0, "drop_last": True}
+    loader_kw = {
+        "num_workers": tc.workers,
+        "persistent_workers": tc.workers > 0,
+        "drop_last": True,
+        "worker_init_fn": _ignore_stop_signals if tc.workers > 0 else None,
+    }
     loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, **loader_kw)
     vset = None
     if _is_main() and tc.val_every > 0:
