@@ -258,6 +258,7 @@ def test_sigterm_to_the_process_group_still_writes_the_final_checkpoint(image_fo
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stderr=subprocess.PIPE, text=True)
     log = out / "log.jsonl"
     deadline = time.time() + 240
+
     def trained() -> bool:  # a logged training step (the first record is the run's config)
         return log.is_file() and any(json.loads(x).get("step", 0) > 0 for x in log.read_text().splitlines())
 
