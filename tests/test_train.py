@@ -270,3 +270,17 @@ def test_sigterm_to_the_process_group_still_writes_the_final_checkpoint(image_fo
     assert records[-1].get("event") == "stop", err[-2000:]
     ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert ck["step"] == records[-1]["step"] >= 10, [r for r in records if "config" not in r]
+
+
+@pytest.mark.parametrize("kind", ["nce", "triplet"])
+def test_descriptor_losses_rank_the_positive_first(kind: str) -> None:
+    torch.manual_seed(0)
+    model = KeypointNet(ModelConfig(backbone="zippypoint", widths=(8, 16, 16), feat_dim=32)).train()
+    x = torch.rand(1, 3, 64, 96)
+    out = model(x)
+    H = torch.eye(3)[None]
+    valid = torch.ones(1, 1, 64, 96)
+    _, parts = pair_loss(out, out, H, valid, binary=True, ones=64, temperature=0.5, cfg=LossConfig(desc_loss=kind))
+    assert np.isfinite(parts["desc"]) and parts["desc_precision"] > 0.5
+    with pytest.raises(ValueError, match="desc_loss"):
+        LossConfig(desc_loss="hardest")

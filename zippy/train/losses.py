@@ -3,9 +3,10 @@
 For every source cell keypoint p0 warped into the target (p0w = H p0) and visible there:
 * location: distance from p0w to the nearest target keypoint, for pairs closer than ``match_px``;
 * score: UnsuperPoint's repeatability loss ((s0 + s1) / 2 * (d - mean d)) plus score consistency;
-* descriptor: triplet loss with the hardest negative among target keypoints farther than
-  ``neg_px`` from p0w, or (``desc_loss="nce"``) InfoNCE: a softmax over the positive and all those
-  negatives, with similarity = -distance / ``nce_temperature``. Binary descriptors go through
+* descriptor: InfoNCE over the target keypoints farther than ``neg_px`` from p0w (a softmax over
+  the positive and all those negatives, similarity = -distance / ``nce_temperature``; the default),
+  or (``desc_loss="triplet"``) KP2D's triplet loss with the hardest of them, which collapsed the
+  binary descriptors in our runs (docs/training.md). Binary descriptors go through
   BinNormTrain (soft top-k, sum = k) and use the Hamming-equivalent distance d = 1 - <y0, y1> / k
   (= Hamming / (2k) for hard bits); float ones are L2-normalized and use the Euclidean distance.
 """
@@ -35,8 +36,12 @@ class LossConfig:
     border_px: float = 8.0
     margin_binary: float = 0.25
     margin_float: float = 0.2
-    desc_loss: str = "triplet"  # "triplet" (hardest negative) or "nce" (softmax over all negatives)
-    nce_temperature: float = 0.1
+    desc_loss: str = "nce"  # "nce" (softmax over all negatives) or "triplet" (hardest negative)
+    nce_temperature: float | None = None  # None: 0.05 for binary descriptors, 0.1 for float ones
+
+    def __post_init__(self) -> None:
+        if self.desc_loss not in ("nce", "triplet"):
+            raise ValueError(f"desc_loss must be 'nce' or 'triplet', got {self.desc_loss!r}")
 
 
 def warp_points_torch(points: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -154,7 +159,8 @@ def _descriptor_loss(out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones
             continue
         if cfg.desc_loss == "nce":
             # similarity = -distance; the positive competes with every negative (InfoNCE)
-            logits = torch.cat([-d_pos[:, None], -d_neg], 1)[finite] / cfg.nce_temperature
+            temp = cfg.nce_temperature or (0.05 if binary else 0.1)  # Hamming-equivalent d in [0, 1], L2 in [0, 2]
+            logits = torch.cat([-d_pos[:, None], -d_neg], 1)[finite] / temp
             losses.append(torch.logsumexp(logits, 1) - logits[:, 0])
         else:
             losses.append(F.relu(d_pos[finite] - hardest[finite] + margin))
