@@ -327,6 +327,8 @@ def _plot(rows: list[dict[str, Any]], stages: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from zippy_eval.results import save_figure
+
     labels = [f"{r['method']}\n{r['source']}" for r in rows]
     fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
     bottom = np.zeros(len(rows))
@@ -340,7 +342,4 @@ def _plot(rows: list[dict[str, Any]], stages: list[str], path: Path) -> None:
     ax.set_title("zippy stream: stage times (1 thread)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)

@@ -364,6 +364,8 @@ def _plot(rows: list[dict[str, Any]], path: Path, threads: int) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from zippy_eval.results import save_figure
+
     sizes = sorted({(r["height"], r["width"]) for r in rows})
     fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.5), squeeze=False)
     for ax, (h, w) in zip(axes[0], sizes):
@@ -388,11 +390,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, threads: int) -> Path:
             ax.axvline(TARGET_MATCH_MS, color="k", ls="--", lw=0.8)
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
     return path
 
 

@@ -525,6 +525,8 @@ def _plot(rows: list[dict[str, Any]], conf: BenchMatcherConfig, methods: list[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from zippy_eval.results import save_figure
+
     t0 = conf.threads[0]
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(13, 4.8))
     for m in methods:
@@ -560,11 +562,7 @@ def _plot(rows: list[dict[str, Any]], conf: BenchMatcherConfig, methods: list[st
     ax1.set_title("speed-up of zippy numba (targets: 15x dotted, 20x dashed)")
     ax1.legend(fontsize=7, ncol=2, loc="upper center")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)
 
 
 # ------------------------------------------------------------------------------------------ main

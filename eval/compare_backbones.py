@@ -439,6 +439,8 @@ def _plots(rows: list[dict[str, Any]], headline: str | None, output_dir: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from zippy_eval.results import save_figure
+
     done = {}
     pts = [(r, (r.get("accuracy") or {}).get(headline) if headline else None) for r in rows]
     pts = [(r, a) for r, a in pts if a and a.get("h_acc@3") is not None]
@@ -471,10 +473,7 @@ def _plots(rows: list[dict[str, Any]], headline: str | None, output_dir: Path) -
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = output_dir / f"{key}.png"
-        tmp = path.with_name(path.stem + ".tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, path)
+        save_figure(fig, path, dpi=100)
         done[key] = path.name
     return done
 

@@ -59,6 +59,23 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Save a matplotlib figure to ``path`` atomically (parent folders created) and close it. Returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def to_jsonable(obj: Any) -> Any:
     """Recursively convert numpy scalars/arrays, paths and tuples to JSON types; inf / nan become None."""
     if isinstance(obj, Mapping):

@@ -481,6 +481,8 @@ def _plot(aggregates: dict[str, Any], dtag: str, conf: HPatchesConfig, path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from zippy_eval.results import save_figure
+
     by_setting = aggregates[dtag]
     settings = list(by_setting)
     fig, axes = plt.subplots(len(settings), 3, figsize=(13, 3.6 * len(settings)), squeeze=False)
@@ -497,10 +499,7 @@ def _plot(aggregates: dict[str, Any], dtag: str, conf: HPatchesConfig, path: Pat
             ax.grid(alpha=0.3)
         axes[r][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=90)
     return path
 
 

@@ -591,6 +591,8 @@ def _plot(rows: Sequence[dict[str, Any]], methods: Sequence[str], path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from zippy_eval.results import save_figure
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for name in methods:
         mr = [r for r in rows if r["method"] == name]
@@ -607,11 +609,7 @@ def _plot(rows: Sequence[dict[str, Any]], methods: Sequence[str], path: Path) ->
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)
     return path
 
 
