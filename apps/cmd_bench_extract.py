@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark (one subprocess per method, size and thread count) and print the table."""
+    """Run the benchmark (one timing subprocess per size and thread count, one memory subprocess per method and
+    size) and print the table."""
     from zippy_eval.bench_extract import config_from_args, output_dir_from_args
     from zippy_eval.bench_extract import run as run_bench
 

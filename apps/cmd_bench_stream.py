@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zippy_apps.eval_args import add_weights_option, method_weights
+
 HELP = "end-to-end FPS of the stream app on a synthetic video and the TUM frames (JSON + table + plot)"
 
 
@@ -15,20 +17,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-keypoints", type=int, default=500)
     p.add_argument("--engine", default="int8")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument(
-        "--weights",
-        action="append",
-        default=[],
-        metavar="METHOD=PATH",
-        help="weights file of a zippy method (repeatable); default: the shipped weights",
-    )
+    add_weights_option(p)
     p.add_argument("--output", type=Path, default=Path("results") / "bench_stream" / "default")
 
 
 def run(args: argparse.Namespace) -> int:
     from zippy_apps.bench_stream import BenchConfig
     from zippy_apps.bench_stream import run as run_bench
-    from zippy_apps.eval_args import method_weights
 
     conf = BenchConfig(
         methods=args.methods,

@@ -35,11 +35,20 @@ def limit_threads(threads: int) -> None:
         os.environ.setdefault(var, str(threads))
 
 
+def add_weights_option(parser: argparse.ArgumentParser) -> None:
+    """Repeatable ``--weights METHOD=PATH`` (read with :func:`method_weights`)."""
+    parser.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="METHOD=PATH",
+        help="weights file of a zippy method (repeatable); default: the shipped weights",
+    )
+
+
 def add_method_options(parser: argparse.ArgumentParser, *, threads_help: str = "torch / OpenCV threads") -> None:
     """The options every `zippy eval ...` command shares: --weights, --engine, --threads, --overwrite."""
-    parser.add_argument(
-        "--weights", action="append", default=[], metavar="METHOD=PATH", help="weights file of a method (repeatable)"
-    )
+    add_weights_option(parser)
     parser.add_argument("--engine", default="auto", help="zippy engine: auto, int8, fp32, onnx (default auto)")
     parser.add_argument("--threads", type=int, default=1, help=f"{threads_help} (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="recompute cached results")
