@@ -13,6 +13,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl, weights)")
     p.add_argument("--backbone", default="zippypoint", help="registered backbone name (default zippypoint)")
     p.add_argument("--steps", type=int, default=20000)
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=0.0,
+        help="wall-clock budget: stop after this many minutes of training (resumes count), the learning "
+        "rate's cosine follows whichever of steps and time is further along (default: no budget)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step and process")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup-steps", type=int, default=200, help="linear learning-rate warm-up steps")
@@ -32,6 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None, help="BinNormTrain temperature")
     p.add_argument("--loss", default="{}", help="JSON overrides of LossConfig, e.g. '{\"desc_weight\": 1}'")
     p.add_argument("--crop", default="240x320", help="training crop HxW (default 240x320)")
+    p.add_argument(
+        "--photo-short-side",
+        default=None,
+        help="LO,HI: resize each photo so its short side is uniform in [LO, HI] px before cropping, e.g. "
+        "240,480 to train small crops at the pixel scale of 240x320-480x640 evaluation (default: the crop "
+        "covers 60-100%% of the short side)",
+    )
     p.add_argument(
         "--float-warmup-steps",
         type=int,
@@ -62,6 +76,18 @@ def _json_object(flag: str, text: str) -> dict:
     return value
 
 
+def _short_side_range(text: str | None, crop: tuple[int, ...]) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--photo-short-side must be LO,HI in pixels, e.g. 240,480; got {text!r}") from None
+    if not min(crop) <= lo <= hi:
+        raise ValueError(f"--photo-short-side needs {min(crop)} <= LO <= HI (the crop must fit), got {text!r}")
+    return lo, hi
+
+
 def run(args: argparse.Namespace) -> int:
     from zippy.models import available
     from zippy.train.trainer import TrainConfig, train
@@ -75,11 +101,13 @@ def run(args: argparse.Namespace) -> int:
         crop = ()
     if len(crop) != 2 or min(crop) < 16 or crop[0] % 8 or crop[1] % 8:
         raise ValueError(f"--crop must be HxW with multiples of 8 (>= 16), got {args.crop!r}")
+    pss = _short_side_range(args.photo_short_side, crop)
     tc = TrainConfig(
         images=args.images,
         out_dir=args.out,
         backbone=args.backbone,
         steps=args.steps,
+        minutes=args.minutes,
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_steps=args.warmup_steps,
@@ -95,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         loss=loss,
         crop=crop,
+        photo_short_side=pss,
         ste=args.ste,
         float_warmup_steps=args.float_warmup_steps,
         distill=args.distill,

@@ -136,7 +136,7 @@ def compute_stats(model: Any, height: int = 240, width: int = 320) -> dict[str, 
     import torch
 
     from zippy.models.compression import BMConv2d, ShiftConv
-    from zippy.quant.layers import BinaryConv2d, QConv2d
+    from zippy.quant.layers import BinaryConv2d, QConv2d, set_fake_quant
     from zippy.weights import save_weights
 
     params = sum(p.numel() for p in model.parameters())
@@ -169,17 +169,14 @@ def compute_stats(model: Any, height: int = 240, width: int = 320) -> dict[str, 
         counts["macs"] += n
         counts["bops"] += n * wb * ab
 
-    convs = [m for m in model.modules() if _weight_bits(m) is not None]
-    handles = [m.register_forward_hook(hook) for m in convs]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.rand(1, 3, height, width))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    # a copy with fake quantization off, so every conv module runs (the integer-exact eval path of the
+    # zippypoint chains calls F.conv2d directly); the counts depend on the shapes only
+    probe = set_fake_quant(copy.deepcopy(model), False).eval()
+    for m in probe.modules():
+        if _weight_bits(m) is not None:
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        probe(torch.rand(1, 3, height, width))
     with tempfile.TemporaryDirectory() as tmp:
         file_bytes = save_weights(Path(tmp) / "w.pt", model).stat().st_size
     n_binary = sum(p.numel() for m in model.modules() if isinstance(m, BinaryConv2d) for p in [m.weight])

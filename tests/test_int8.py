@@ -117,6 +117,37 @@ def test_bad_input(net):
 # --------------------------------------------------------------------------------------------- equivalence
 
 
+@pytest.mark.parametrize("act", ["none", "relu", "hardswish"])
+def test_tail_kernel_rounds_as_the_fake_quantizer_at_exact_ties(act):
+    from zippy.quant.exact import quantize_tail, tail_reference
+
+    quant = ActQuant(8, (-2.3, 4.9)).eval()
+    s, zp = quant.qparams()
+    acc = torch.arange(-700, 700, dtype=torch.float32).view(1, 1, 1, -1).repeat(1, 6, 1, 1)
+    # m = s / 2 puts every odd accumulator on a half step of the grid; tiny offsets move it just off
+    m = torch.tensor([0.5, 0.5, 0.5000001, 0.4999999, 0.5, 0.37], dtype=torch.float64) * s
+    b = torch.tensor([0.0, 1e-12, 0.0, 0.0, s / 4, 1.0], dtype=torch.float64)
+    want = torch.round(quant(tail_reference(acc, m, b, act)).double() / s).long() + zp
+    out, neg = quantize_tail(acc.permute(0, 2, 3, 1).reshape(-1, 6).numpy(), m.numpy(), b.numpy(), act, quant, zp)
+    want = want.permute(0, 2, 3, 1).reshape(-1, 6).numpy()
+    assert np.array_equal(out, want) and np.array_equal(neg, (want < zp).astype(np.uint8))
+
+
+def test_integer_chain_eval_matches_the_float_chain_and_the_engine(calibrated_zippypoint, net):
+    model = calibrated_zippypoint
+    torch.manual_seed(5)
+    x = torch.rand(2, 3, 48, 64)
+    pool_quant = model.stages[0][1][0][0].input_quant
+    s, zp = pool_quant.qparams()
+    with torch.no_grad():
+        exact = pool_quant(model.stem(x))
+        float_chain = pool_quant(torch.nn.Sequential.forward(model.stem, x))  # conv, BN, hardswish one by one
+        engine = net.stem(net.quantize_image(x))[0].float()
+    steps = (exact - float_chain).abs() / s
+    assert steps.max() <= 1.0 + 1e-4 and (steps > 0.5).float().mean() < 1e-3  # the same up to rounding
+    assert torch.equal(torch.round(exact / s) + zp, engine)  # the engine: bit for bit
+
+
 def test_outputs_match_fake_quant(calibrated_zippypoint, net):
     torch.manual_seed(3)
     x = torch.rand(2, 3, 64, 96)

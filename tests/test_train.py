@@ -284,3 +284,48 @@ def test_descriptor_losses_rank_the_positive_first(kind: str) -> None:
     assert np.isfinite(parts["desc"]) and parts["desc_precision"] > 0.5
     with pytest.raises(ValueError, match="desc_loss"):
         LossConfig(desc_loss="hardest")
+
+
+def test_bm_converts_from_init_and_pruned_ships_smaller(image_folder: Path, tmp_path: Path) -> None:
+    from zippy.models.compression import BMConv2d
+    from zippy.weights import save_weights
+
+    torch.manual_seed(0)
+    kp2d = save_weights(tmp_path / "kp2d.pt", KeypointNet(ModelConfig(backbone="kp2d")), {"trained": True})
+    common = dict(images=str(image_folder), steps=2, batch_size=2, warmup_steps=1, workers=0, threads=1,
+                  val_every=0, crop=(64, 96), ckpt_minutes=100, log_every=1, init=str(kp2d))  # fmt: skip
+    # bm: the trained convs are converted to BM (a fitted R^2 per layer is logged) before fine-tuning
+    train(TrainConfig(out_dir=str(tmp_path / "bm"), backbone="bm", **common), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "bm" / "log.jsonl").read_text().splitlines()]
+    (conv,) = [r for r in log if r.get("event") == "bm_conversion"]
+    assert len(conv["r2"]) == 4 and all(np.isfinite(v) for v in conv["r2"].values())
+    model, _ = load_model(tmp_path / "bm" / "weights.pt")
+    assert all(bool(m.bm_enabled) for m in model.modules() if isinstance(m, BMConv2d))
+    # pruned: soft filter pruning at the last step, weights.pt is the physically smaller network
+    opts = {"prune_rate": 0.5}
+    train(TrainConfig(out_dir=str(tmp_path / "pr"), backbone="pruned", model_options=opts, **common), progress=False)
+    model, _ = load_model(tmp_path / "pr" / "weights.pt")
+    full = torch.load(tmp_path / "pr" / "last.pt", weights_only=True)["model"]
+    assert sum(p.numel() for p in model.state_dict().values()) < sum(t.numel() for t in full.values())
+
+
+def test_photo_short_side_sets_the_training_scale(image_folder: Path) -> None:
+    files = list_images(image_folder)
+    # photos are 96x128; M0 (photo pixels -> crop pixels) scales by the resize factor; a short side of 64
+    # would make the photo narrower than the 96 px crop, so the crop's fit wins there (128 * 0.75 = 96)
+    for short, scale in ((150, 150 / 96), (64, 0.75)):
+        ds = HomographyPairs(files, AugmentConfig(height=64, width=96, photo_short_side=(short, short)), seed=1)
+        assert ds[0]["M0"][0, 0].item() == pytest.approx(scale, rel=1e-5)
+
+
+def test_time_budget_drives_the_schedule_and_the_end() -> None:
+    from zippy.train.trainer import _lr_at, _progress
+
+    tc = TrainConfig(images=".", out_dir=".", steps=1000, warmup_steps=10, lr=1e-3, min_lr=1e-5, minutes=2.0)
+    assert _progress(tc, 100, 30.0) == pytest.approx(0.25)  # time is further along than steps (0.1)
+    assert _progress(tc, 500, 30.0) == pytest.approx(0.5)
+    assert _progress(tc, 100, 500.0) == 1.0
+    assert _lr_at(tc, 100, 1.0) == pytest.approx(1e-5) and _lr_at(tc, 100, 0.0) == pytest.approx(1e-3)
+    plain = TrainConfig(images=".", out_dir=".", steps=1000, warmup_steps=10)
+    for step in (10, 400, 999):  # without a budget the schedule is the step-based one
+        assert _lr_at(plain, step, _progress(plain, step, 1e9)) == pytest.approx(_lr_at(plain, step))

@@ -6,9 +6,14 @@ from torch import nn
 
 from zippy.models.layers import ConvBNAct, LayerFactory, Residual
 from zippy.models.registry import register
+from zippy.quant.exact import IntegerConvChain
 from zippy.quant.layers import ActQuant, BinaryConv2d, QConv2d
 
-__all__ = ["KP2DLayers", "ZippyPointLayers"]
+__all__ = ["IntegerConvBNAct", "KP2DLayers", "ZippyPointLayers"]
+
+
+class IntegerConvBNAct(IntegerConvChain, ConvBNAct):
+    """A ConvBNAct whose eval-mode forward is integer-exact (:class:`~zippy.quant.exact.IntegerConvChain`)."""
 
 
 @register("kp2d")
@@ -37,11 +42,14 @@ class ZippyPointLayers(LayerFactory):
         r = self.cfg.residual_range
         return ActQuant(8, (-r, r))
 
+    # the stem, the pools and the expand shortcut feed the binary layers: in eval mode they run
+    # integer-exactly, as the int8 engine computes them (IntegerConvChain)
     def stem(self, cin: int, cout: int) -> nn.Module:
-        return ConvBNAct(self.qconv(cin, cout, 3, input_range=(0.0, 1.0)), cout, nn.Hardswish(inplace=True))
+        conv = self.qconv(cin, cout, 3, input_range=(0.0, 1.0))
+        return IntegerConvBNAct(conv, cout, nn.Hardswish(inplace=True))
 
     def pool(self, cin: int, cout: int) -> nn.Module:
-        return nn.Sequential(ConvBNAct(self.qconv(cin, cout, 1), cout), self.res_quant())
+        return nn.Sequential(IntegerConvBNAct(self.qconv(cin, cout, 1), cout), self.res_quant())
 
     def encoder_branch(self, cin: int, cout: int) -> nn.Module:
         return nn.Sequential(
@@ -56,7 +64,7 @@ class ZippyPointLayers(LayerFactory):
         return Residual(self.encoder_branch(c, c), out_quant=self.res_quant())
 
     def expand(self, cin: int, cout: int) -> nn.Module:
-        shortcut = nn.Sequential(self.qconv(cin, cout, 1), nn.BatchNorm2d(cout), self.res_quant())
+        shortcut = IntegerConvChain(self.qconv(cin, cout, 1), nn.BatchNorm2d(cout), self.res_quant())
         return Residual(self.encoder_branch(cin, cout), shortcut, out_quant=self.res_quant())
 
     def head(self, cin: int, cout: int, k: int = 3) -> nn.Module:

@@ -224,7 +224,7 @@ def _binary_residual(g: _Graph, x: str, block: Any) -> str:
     s = (
         x
         if block.shortcut is None
-        else _qlinear_conv(g, _regrid(g, x, block.shortcut[0]), block.shortcut[1], block.grid_res)
+        else _qlinear_conv(g, _regrid(g, x, block.shortcut[0]), block.shortcut[1].conv, block.grid_res)
     )
     t = g.node("Add", [g.node("Cast", [s], to=g.TP.INT32), g.node("Cast", [r], to=g.TP.INT32)])
     t = g.node("Sub", [t, g.const(np.int32(res_zp), "zp")])
@@ -328,7 +328,7 @@ def _int8_bytes(model: nn.Module, calibration: list[np.ndarray] | None = None) -
     )
     g = _Graph()
     q = g.quant(INPUT, net.grid_image)
-    q = _float_int8conv(g, q, net.stem)  # 3 input channels: float conv, exact as the int8 engine's hardswish
+    q = _float_int8conv(g, q, net.stem.conv)  # 3 input channels: a float conv, then hardswish and the grid
     for regrid, pool, blocks in net.stages:
         s2d = g.node("SpaceToDepth", [q], blocksize=2)  # channel order (dy, dx, c), as the int8 engine's
         q = _qlinear_conv(g, _regrid(g, s2d, regrid), pool.conv, pool.grid_out)

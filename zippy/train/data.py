@@ -60,6 +60,10 @@ class AugmentConfig:
     hue_deg: float = 10.0
     blur_prob: float = 0.3
     noise_std: float = 0.02
+    # the photo is resized so its short side is uniform in this range (pixels) before cropping; None:
+    # the crop covers 60-100 % of the short side. Eval-like scales (e.g. 240-480 for 240x320 and 480x640
+    # evaluation) keep small training crops at the pixel scale the network is evaluated at.
+    photo_short_side: tuple[int, int] | None = None
 
 
 def photometric(img: np.ndarray, rng: np.random.Generator, aug: AugmentConfig, strength: float = 1.0) -> np.ndarray:
@@ -105,10 +109,13 @@ class HomographyPairs(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         a = self.aug
         photo = read_image(self.files[index])
-        # random rescale so that the crop covers 60-100% of the photo's short side
         short = min(photo.shape[:2])
-        s = max(a.height, a.width * min(photo.shape[:2]) / max(photo.shape[:2])) / short
-        s *= rng.uniform(1.0, 1.6)
+        if a.photo_short_side is None:
+            # random rescale so that the crop covers 60-100% of the photo's short side
+            s = max(a.height, a.width * min(photo.shape[:2]) / max(photo.shape[:2])) / short
+            s *= rng.uniform(1.0, 1.6)
+        else:
+            s = rng.uniform(*a.photo_short_side) / short
         s = max(s, a.height / photo.shape[0], a.width / photo.shape[1])
         photo = cv2.resize(photo, None, fx=s, fy=s, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
         ph, pw = photo.shape[:2]

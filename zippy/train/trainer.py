@@ -48,6 +48,7 @@ class TrainConfig:
     out_dir: str
     backbone: str = "zippypoint"
     steps: int = 20000
+    minutes: float = 0.0  # wall-clock budget (0: none): training ends at `steps` or after this many minutes
     batch_size: int = 8
     lr: float = 1e-3
     min_lr: float = 1e-5
@@ -67,6 +68,7 @@ class TrainConfig:
     temperature: float | None = None
     train_globs: tuple[str, ...] = TRAIN_GLOBS
     crop: tuple[int, int] = (240, 320)  # training crop (height, width)
+    photo_short_side: tuple[int, int] | None = None  # photo rescale range (AugmentConfig.photo_short_side)
     float_warmup_steps: int = 0  # steps trained with quantization off (binary convs as float) before QAT
     ste: str = "ste"  # straight-through estimator of quantized layers: "ste" or "ana" (additive noise annealing)
     distill: str | None = None  # teacher: "aliked", an ALIKED .pth, a zippy weights file or a shipped backbone
@@ -81,10 +83,27 @@ def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def _lr_at(tc: TrainConfig, step: int) -> float:
+def _progress(tc: TrainConfig, step: int, elapsed_s: float) -> float:
+    """Fraction of the training done: of the steps, or of the time budget when that is further along."""
+    frac = step / max(tc.steps, 1)
+    if tc.minutes > 0:
+        frac = max(frac, elapsed_s / (60.0 * tc.minutes))
+    return min(frac, 1.0)
+
+
+def _lr_at(tc: TrainConfig, step: int, progress: float | None = None) -> float:
+    """Linear warm-up over ``warmup_steps``, then a cosine decay to ``min_lr`` over the rest of the run.
+
+    ``progress`` (the fraction of the run done, see :func:`_progress`) places the cosine when a time budget
+    ends the run; by default it is ``step / steps``.
+    """
     if step < tc.warmup_steps:
         return tc.lr * (step + 1) / tc.warmup_steps
-    t = (step - tc.warmup_steps) / max(tc.steps - tc.warmup_steps, 1)
+    if progress is None:
+        t = (step - tc.warmup_steps) / max(tc.steps - tc.warmup_steps, 1)
+    else:
+        w = tc.warmup_steps / max(tc.steps, 1) if tc.minutes <= 0 else 0.0
+        t = (progress - w) / max(1.0 - w, 1e-9)
     return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
@@ -184,7 +203,8 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     files = list_images(tc.images, tuple(tc.train_globs))
-    aug = AugmentConfig(height=tc.crop[0], width=tc.crop[1])
+    pss = tuple(tc.photo_short_side) if tc.photo_short_side else None
+    aug = AugmentConfig(height=tc.crop[0], width=tc.crop[1], photo_short_side=pss)
     dataset = HomographyPairs(files, aug, seed=tc.seed)
     distiller = None
     if tc.distill:
@@ -232,7 +252,21 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     def export(name: str, metrics: dict[str, float] | None = None) -> None:
         meta = {"trained": True, "steps": step, "train_config": asdict(tc), **(metrics or {})}
         meta["wall_time_s"] = elapsed0 + time.time() - t_start
-        save_weights(out / name, model, meta)
+        # a "pruned" network ships physically smaller (its zeroed channels removed); last.pt keeps the full one
+        shipped = compression.export_pruned(model).eval() if model.cfg.backbone == "pruned" else model
+        save_weights(out / name, shipped, meta)
+
+    bm_layers = [m for m in model.modules() if isinstance(m, compression.BMConv2d)]
+    if step == 0 and tc.init and bm_layers:
+        # "bm" from trained float weights (--init): the convs hold the trained weights; convert them to BM
+        # layer by layer (least-squares fit on calibration crops) before fine-tuning
+        for m in bm_layers:
+            m.bm_enabled.fill_(False)
+        n = tc.batch_size
+        calib = [torch.stack([recal_set[i]["image0"] for i in range(j * n, (j + 1) * n)]) for j in range(2)]
+        scores = compression.convert_to_bm(model, calib)
+        if _is_main():
+            _append_jsonl(log_path, {"event": "bm_conversion", "r2": scores})
 
     def checkpoint() -> None:
         elapsed = elapsed0 + time.time() - t_start
@@ -250,18 +284,22 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
         )
 
     try:
-        while step < tc.steps:
+
+        def done() -> bool:
+            return _progress(tc, step, elapsed0 + time.time() - t_start) >= 1.0
+
+        while not done():
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
             for batch in loader:
-                if step >= tc.steps:
+                if done():
                     break
                 if step == tc.float_warmup_steps > 0:
                     set_fake_quant(model, True, binary=True)
                     reset_activation_ranges(model)
                     log.info("step %d: float warm-up over, quantization-aware training from here", step)
-                lr = _lr_at(tc, step)
+                lr = _lr_at(tc, step, _progress(tc, step, elapsed0 + time.time() - t_start))
                 for g in opt.param_groups:
                     g["lr"] = lr
                 x = torch.cat([batch["image0"], batch["image1"]], 0)
