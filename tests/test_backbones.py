@@ -369,9 +369,10 @@ def test_pruning_hooks() -> None:
 def test_compare_backbones_writes_table_without_made_up_accuracy(tmp_path) -> None:
     import json
 
+    from zippy.weights import shipped_weights
     from zippy_eval.compare_backbones import CompareConfig, run
 
-    conf = CompareConfig(backbones=("kp2d", "zippypoint"), latency=False)
+    conf = CompareConfig(backbones=("kp2d", "zippypoint", "int8"), latency=False)
     summary = run(conf, tmp_path / "out", tmp_path / "doc.md")
     rows = {r["backbone"]: r for r in json.loads(summary.read_text())["rows"]}
     kp2d, zp = rows["kp2d"], rows["zippypoint"]
@@ -379,6 +380,10 @@ def test_compare_backbones_writes_table_without_made_up_accuracy(tmp_path) -> No
     assert kp2d["gbops"] == pytest.approx(kp2d["gmacs"] * 32 * 32)
     assert zp["gmacs"] == pytest.approx(kp2d["gmacs"])  # same topology
     assert zp["packed_bytes"] < kp2d["packed_bytes"] / 4 and zp["gbops"] < kp2d["gbops"] / 10
-    assert kp2d["accuracy"] is None and kp2d["weights"] is None
+    for name in ("kp2d", "zippypoint"):  # shipped weights are found; no dataset: no accuracy
+        shipped = shipped_weights(name)
+        assert rows[name]["weights"] == (None if shipped is None else str(shipped))
+        assert rows[name]["accuracy"] is None
+    assert rows["int8"]["weights"] is None and rows["int8"]["accuracy"] is None  # never shipped
     doc = (tmp_path / "doc.md").read_text()
-    assert doc.count("not trained yet") >= 4 and (tmp_path / "out" / "size_vs_accuracy.png").is_file()
+    assert doc.count("not trained yet") >= 2 and (tmp_path / "out" / "size_vs_accuracy.png").is_file()

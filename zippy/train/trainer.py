@@ -165,6 +165,8 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     from tqdm import tqdm
 
     _raise_on_sigterm()
+    if tc.minutes > 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--minutes is not supported with several processes (their clocks would stop them apart)")
     rank, world = _setup_distributed()
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -283,11 +285,10 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
             ckpt_path,
         )
 
+    def done() -> bool:
+        return _progress(tc, step, elapsed0 + time.time() - t_start) >= 1.0
+
     try:
-
-        def done() -> bool:
-            return _progress(tc, step, elapsed0 + time.time() - t_start) >= 1.0
-
         while not done():
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
