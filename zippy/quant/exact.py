@@ -186,7 +186,7 @@ class IntegerConvChain(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self[0], self[1]
-        quant = conv.input_quant
+        quant = getattr(conv, "input_quant", None)
         exact = (
             not self.training
             and isinstance(conv, QConv2d)
