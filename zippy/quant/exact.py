@@ -30,8 +30,10 @@ from zippy.quant.layers import ActQuant, QConv2d, weight_fake_quant
 
 __all__ = [
     "ACTIVATIONS",
+    "EXACT_LIMIT",
     "IntegerConvChain",
     "accumulator_bound",
+    "bn_affine",
     "chain_params",
     "integer_weights",
     "quantize_tail",
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 ACTIVATIONS = {"none": 0, "relu": 1, "hardswish": 2}
-_EXACT_LIMIT = 2**24  # float32 holds every integer below this exactly
+EXACT_LIMIT = 2**24  # float32 holds every integer below this exactly
 
 
 def integer_weights(conv: QConv2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,6 +69,13 @@ def _act_name(act: nn.Module | None) -> str:
     raise ValueError(f"unsupported activation {type(act).__name__} (expected ReLU or Hardswish)")
 
 
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (alpha, beta) float64 [C] of an eval-mode BatchNorm: y = alpha * x + beta."""
+    alpha = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    beta = bn.bias.detach().double() - alpha * bn.running_mean.detach().double()
+    return alpha, beta
+
+
 def chain_params(conv: QConv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(n int8 [O, I, k, k], m float64 [O], b float64 [O]) of ``v = acc * m + b`` (see the module doc)."""
     quant = conv.input_quant
@@ -75,11 +84,7 @@ def chain_params(conv: QConv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor
     n, s_w = integer_weights(conv)
     s_in, _ = quant.qparams()
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(n.shape[0], dtype=torch.float64)
-    if bn is None:
-        alpha, beta = torch.ones_like(bias), torch.zeros_like(bias)
-    else:
-        alpha = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
-        beta = bn.bias.detach().double() - alpha * bn.running_mean.detach().double()
+    alpha, beta = (torch.ones_like(bias), torch.zeros_like(bias)) if bn is None else bn_affine(bn)
     return n, s_in * s_w * alpha, alpha * bias + beta
 
 
@@ -208,7 +213,7 @@ class IntegerConvChain(nn.Sequential):
             xq = quant(x.float())
             s_in, zp = quant.qparams()
             n, m, b = chain_params(conv, bn)
-            if accumulator_bound(n, zp) >= _EXACT_LIMIT:
+            if accumulator_bound(n, zp) >= EXACT_LIMIT:
                 raise ValueError("integer chain: the accumulator could exceed 2^24 (float32 would round it)")
             k = torch.round(xq / s_in)  # q - zp, exact integers
             acc = F.conv2d(k, n.float(), None, conv.stride, conv.padding, conv.dilation, conv.groups)

@@ -60,7 +60,7 @@ from torch import nn
 
 from zippy.models.layers import ConvBNAct, Residual
 from zippy.models.net import KeypointNet, SpaceToDepth, _cell_coords, _mask_border
-from zippy.quant.exact import accumulator_bound, chain_params, integer_weights, quantize_tail
+from zippy.quant.exact import EXACT_LIMIT, accumulator_bound, bn_affine, chain_params, integer_weights, quantize_tail
 from zippy.quant.layers import ActQuant, BinaryConv2d, QConv2d
 
 log = logging.getLogger(__name__)
@@ -182,13 +182,6 @@ def _expect(module: nn.Module, kind: type | tuple[type, ...], where: str) -> nn.
     return module
 
 
-def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (alpha, beta) of an eval-mode BatchNorm: y = alpha * x + beta (float64)."""
-    alpha = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
-    beta = bn.bias.detach().double() - alpha * bn.running_mean.detach().double()
-    return alpha, beta
-
-
 def _int8_weights(conv: QConv2d) -> tuple[torch.Tensor, torch.Tensor]:
     """The trained integer weights int8 [O, I, k, k] and per-channel scales float64 [O] of a QConv2d."""
     if conv.bits != 8:
@@ -287,7 +280,7 @@ def qconv_bn(
     n, scale = _int8_weights(conv)
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(n.shape[0], dtype=torch.float64)
     if bn is not None:
-        alpha, beta = _bn_affine(bn)
+        alpha, beta = bn_affine(bn)
         n = torch.where((alpha < 0).view(-1, 1, 1, 1), -n.to(torch.int16), n.to(torch.int16)).to(torch.int8)
         scale = scale * alpha.abs()
         bias = alpha * bias + beta
@@ -448,7 +441,7 @@ def _binary_tail_kernels():
 class ExactConv(nn.Module):
     """An 8-bit conv -> BatchNorm -> activation chain computed as the fake-quantized model computes it in
     eval mode (:mod:`zippy.quant.exact`): oneDNN gives the exact integer accumulator (float32, exact below
-    2^24), then one numba pass applies the float64 tail and the consumer's quantizer ``out_quant``.
+    2^24), then one numba pass applies the float32 tail formula and the consumer's quantizer ``out_quant``.
 
     Used where the chain feeds the binary layers (the stem, the pools, the expand shortcut): one
     activation rounded differently there flips signs that the binary layers spread. Returns the uint8
@@ -475,7 +468,7 @@ class ExactConv(nn.Module):
         _int8_weights(conv)  # raises _Unsupported for other bit widths
         n, m, b = chain_params(conv, bn)
         self.grid_in = Grid.of(quant)
-        if accumulator_bound(n, self.grid_in.zero_point) >= 2**24:
+        if accumulator_bound(n, self.grid_in.zero_point) >= EXACT_LIMIT:
             raise _Unsupported(f"{where}: the integer accumulator could exceed 2^24 (float32 would round it)")
         if in_order is not None:
             n = n[:, in_order]
@@ -513,8 +506,7 @@ class ExactConv(nn.Module):
                     a, self.m, self.b, self.act, self.out_quant, self.grid_out.zero_point,
                     out=out[i, r : r + n].reshape(-1, c), neg=neg[i, r : r + n].reshape(-1, c),
                 )  # fmt: skip
-        to_torch = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2)  # noqa: E731  (channels-last views)
-        return to_torch(out), to_torch(neg)
+        return _from_nhwc(out.reshape(-1, c), x), _from_nhwc(neg.reshape(-1, c), x)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, in={self.grid_in}, out={self.grid_out}, act={self.act}"
