@@ -61,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="folder of the ALIKED teacher cache, shareable between runs (default OUT/teacher_cache)",
     )
     p.add_argument("--options", default="{}", help="JSON backbone options, e.g. '{\"accumulator_bits\": 20}'")
+    p.add_argument(
+        "--model",
+        default="{}",
+        help="JSON ModelConfig fields, e.g. '{\"feat_dim\": 128}' for the light heads (default: the paper's sizes)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--no-progress", action="store_true")
@@ -95,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if args.backbone not in available():
         raise ValueError(f"unknown backbone {args.backbone!r}; choose one of {available()}")
     loss, options = _json_object("--loss", args.loss), _json_object("--options", args.options)
+    model = _json_object("--model", args.model)
     try:
         crop = tuple(int(v) for v in args.crop.lower().split("x"))
     except ValueError:
@@ -130,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         distill_weight=args.distill_weight,
         teacher_cache=args.teacher_cache,
         model_options=options,
+        model_config=model,
     )
     path = train(tc, resume=args.resume, progress=not args.no_progress)
     print(f"weights: {path}")

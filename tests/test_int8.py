@@ -142,10 +142,30 @@ def test_integer_chain_eval_matches_the_float_chain_and_the_engine(calibrated_zi
     with torch.no_grad():
         exact = pool_quant(model.stem(x))
         float_chain = pool_quant(torch.nn.Sequential.forward(model.stem, x))  # conv, BN, hardswish one by one
-        engine = net.stem(net.quantize_image(x))[0].float()
+        engine = net.stem(net.quantize_image(x))  # written in space-to-depth layout
     steps = (exact - float_chain).abs() / s
     assert steps.max() <= 1.0 + 1e-4 and (steps > 0.5).float().mean() < 1e-3  # the same up to rounding
-    assert torch.equal(torch.round(exact / s) + zp, engine)  # the engine: bit for bit
+    want = (torch.round(exact / s) + zp).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(int8.space_to_depth(want), engine)  # the engine: bit for bit
+
+
+@pytest.mark.parametrize("input_range", [(0.0, 1.0), (-1.0, 1.5)])
+def test_stem_in_space_to_depth_layout_equals_the_dense_exact_chain(input_range):
+    """ExactStem (4x4 windows as one 1x1 conv) = space_to_depth(ExactConv), padding included (zero point != 0)."""
+    torch.manual_seed(11)
+    conv = QConv2d(3, 8, 3, padding=1, input_quant=ActQuant(8, input_range))
+    bn = torch.nn.BatchNorm2d(8)
+    with torch.no_grad():
+        bn.running_mean.normal_(0, 0.3)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_(1.0, 0.5)  # some negative scales
+        bn.bias.normal_(0, 0.3)
+    out_quant = ActQuant(8, (-0.5, 3.0)).eval()
+    conv.eval(), bn.eval()
+    stem = int8.ExactStem(conv, bn, "hardswish", out_quant, "stem")
+    dense = int8.ExactConv(conv, bn, "hardswish", out_quant, "stem")
+    x = torch.randint(0, 256, (2, 3, 16, 24), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(stem(x), int8.space_to_depth(dense(x)[0]))
 
 
 def test_outputs_match_fake_quant(calibrated_zippypoint, net):
@@ -297,3 +317,22 @@ def test_packed_topk_ties_lowest_index_first():
     assert packed_topk(torch.zeros(0, 256), 64).shape == (0, 32)
     with pytest.raises(ValueError, match="k must be"):
         packed_topk(x, 16)
+
+
+def test_sparse_descriptors_equal_the_dense_map_sampled(net):
+    """describe() (the descriptor head's last convs only where samples need them) = sampling forward()'s map,
+    at the image border too (corners outside the map weigh zero, as grid_sample's zero padding)."""
+    from zippy.postprocess import sample_descriptors
+
+    torch.manual_seed(4)
+    h, w = 64, 96
+    x = torch.rand(1, 3, h, w)
+    border = torch.tensor([[0.0, 0.0], [w - 1, h - 1], [0.0, h - 1], [w - 1, 0.0], [0.4, 31.7], [95.0, 2.2]])
+    kpts = torch.cat([border, torch.rand(40, 2) * torch.tensor([w - 1, h - 1]), border[:2]])  # with duplicates
+    with torch.inference_mode():
+        dense = sample_descriptors(net(x)["desc"][0], kpts, w, h)
+        sparse = net.describe(net.detect(x), kpts, w, h)
+        empty = net.describe(net.detect(x), torch.zeros(0, 2), w, h)
+    assert sparse.shape == dense.shape and sparse.dtype == torch.float32
+    assert torch.allclose(sparse, dense, atol=1e-4, rtol=1e-5)
+    assert empty.shape == (0, dense.shape[1])

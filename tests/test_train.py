@@ -329,3 +329,15 @@ def test_time_budget_drives_the_schedule_and_the_end() -> None:
     plain = TrainConfig(images=".", out_dir=".", steps=1000, warmup_steps=10)
     for step in (10, 400, 999):  # without a budget the schedule is the step-based one
         assert _lr_at(plain, step, _progress(plain, step, 1e9)) == pytest.approx(_lr_at(plain, step))
+
+
+def test_model_config_sets_the_network_size(image_folder: Path, tmp_path: Path) -> None:
+    from zippy.weights import load_weights
+
+    common = dict(images=str(image_folder), steps=1, batch_size=2, warmup_steps=1, workers=0, threads=1,
+                  val_every=0, crop=(64, 96), log_every=1)  # fmt: skip
+    path = train(TrainConfig(out_dir=str(tmp_path / "s"), model_config={"feat_dim": 64}, **common), progress=False)
+    cfg, state, _ = load_weights(path)
+    assert cfg.feat_dim == 64 and state["score_head.0.0.weight"].shape[:2] == (64, 64)
+    with pytest.raises(ValueError, match="backbone"):
+        train(TrainConfig(out_dir=str(tmp_path / "x"), model_config={"backbone": "kp2d"}, **common), progress=False)

@@ -151,16 +151,26 @@ class Extractor:
         # differences can flip fake-quantized values; per-image calls make a batch give exactly the
         # results of single calls, at little cost on CPU where one image already fills the GEMMs.
         for xi in x.split(1):
+            # the int8 network computes its descriptors only at the selected keypoints (detect / describe)
+            sparse = hasattr(self._net, "describe")
             t0 = time.perf_counter()
-            out = self._net(xi)
+            out = self._net.detect(xi) if sparse else self._net(xi)
             t1 = time.perf_counter()
             kpts, scores = select_keypoints(
                 out["score"][0, 0], out["coords"][0], w, h, max_keypoints, threshold, self.nms_radius
             )
-            desc = sample_descriptors(out["desc"][0], kpts, w + pw, h + ph)
-            desc = finalize_descriptors(desc, self.binary, self.cfg.desc_ones)
             t2 = time.perf_counter()
-            meta = {"time_network_ms": 1e3 * (t1 - t0), "time_post_ms": 1e3 * (t2 - t1), "engine": self.engine}
+            if sparse:
+                desc = self._net.describe(out, kpts, w + pw, h + ph)
+            else:
+                desc = sample_descriptors(out["desc"][0], kpts, w + pw, h + ph)
+            t3 = time.perf_counter()
+            desc = finalize_descriptors(desc, self.binary, self.cfg.desc_ones)
+            t4 = time.perf_counter()
+            network, post = (t1 - t0) + (t3 - t2), (t2 - t1) + (t4 - t3)
+            if not sparse:  # sampling a dense map is post-processing
+                network, post = t1 - t0, (t2 - t1) + (t4 - t2)
+            meta = {"time_network_ms": 1e3 * network, "time_post_ms": 1e3 * post, "engine": self.engine}
             feats.append(Features(kpts.numpy(), scores.numpy(), desc.numpy(), (w, h), meta))
         return feats
 

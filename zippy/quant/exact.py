@@ -132,20 +132,23 @@ def _tail_kernel():
                 for j in range(c):
                     q = quant(acc[i, j] * m[j] + b[j], lo, hi, scale, fzp)
                     out[i, j] = np.uint8(q)
-                    neg[i, j] = np.uint8(q < fneg)
+                    if neg is not None:
+                        neg[i, j] = np.uint8(q < fneg)
         elif act == 1:
             for i in range(n):
                 for j in range(c):
                     q = quant(max(acc[i, j] * m[j] + b[j], zero), lo, hi, scale, fzp)
                     out[i, j] = np.uint8(q)
-                    neg[i, j] = np.uint8(q < fneg)
+                    if neg is not None:
+                        neg[i, j] = np.uint8(q < fneg)
         else:
             for i in range(n):
                 for j in range(c):
                     v = acc[i, j] * m[j] + b[j]
                     q = quant(v * min(max(v + three, zero), six) / six, lo, hi, scale, fzp)
                     out[i, j] = np.uint8(q)
-                    neg[i, j] = np.uint8(q < fneg)
+                    if neg is not None:
+                        neg[i, j] = np.uint8(q < fneg)
 
     return tail
 
@@ -158,13 +161,14 @@ def quantize_tail(
     quant: ActQuant,
     neg_zp: int,
     out: np.ndarray | None = None,
-    neg: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    neg: np.ndarray | bool | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The chain's tail and its consumer's quantizer on exact accumulators: float32 [N, C] -> uint8 [N, C].
 
     Returns ``(q, neg)``: q the uint8 value on ``quant``'s grid, exactly what ``quant`` makes of
     :func:`tail_reference`'s output, and ``neg = (q < neg_zp)`` (the next binary conv's input when
-    ``neg_zp`` is the grid's zero point). ``out`` / ``neg``: C-contiguous uint8 [N, C] to write into.
+    ``neg_zp`` is the grid's zero point). ``out`` / ``neg``: C-contiguous uint8 [N, C] to write into;
+    ``neg=False`` skips it (returned as None) when no binary conv reads the output.
     """
     scale, zp = quant.qparams()
     qmax = quant.qmax
@@ -172,7 +176,10 @@ def quantize_tail(
     # torch.clamp) and divides by the float32 scale
     lo, hi = np.float32((0 - zp) * scale), np.float32((qmax - zp) * scale)
     out = np.empty(acc.shape, np.uint8) if out is None else out
-    neg = np.empty(acc.shape, np.uint8) if neg is None else neg
+    if neg is False:
+        neg = None
+    elif neg is None:
+        neg = np.empty(acc.shape, np.uint8)
     m32, b32 = np.asarray(m, np.float32), np.asarray(b, np.float32)
     _tail_kernel()(acc, m32, b32, ACTIVATIONS[act], lo, hi, np.float32(scale), zp, neg_zp, out, neg)
     return out, neg

@@ -27,6 +27,11 @@
   applies the same float32 tail formula and the consumer's quantizer, so they agree bit for bit. The
   heads' 8-bit convs requantize inside oneDNN (float32); a rare one-step difference there only moves a
   descriptor value slightly before the top-k.
+* the stem is evaluated one 2x2 block of output pixels at a time (:class:`ExactStem`: a 1x1 conv of
+  each block's 4x4 input window), which writes the first stage's space-to-depth input directly.
+* :meth:`Int8KeypointNet.detect` / :meth:`~Int8KeypointNet.describe` split the network so that the
+  descriptor head's last two convs run only where the selected keypoints sample them
+  (:class:`SparseDescriptorTail`); :meth:`~Int8KeypointNet.forward` still returns the dense map.
 * the tensors that have no grid in training never exist in 8 bits: the stem's pre-activation, the
   heads' ReLU outputs (float output, fed to the float score / position convs) and the descriptor map
   (float output).
@@ -49,6 +54,7 @@ fake-quantized fp32 model.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import platform
@@ -221,9 +227,28 @@ class Int8Conv(nn.Module):
         self.bias64 = None if bias is None else bias.double().clone()
         self.bias = None if bias is None else bias.float().contiguous()
         self.weight_int8 = weight.to(torch.int8).contiguous()
-        self._packed = torch.ops.onednn.qconv_prepack(
-            self.weight_int8, self.w_scale, grid_in.scale, grid_in.zero_point, [1, 1], self.padding, [1, 1], 1, None
-        )
+        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
+
+        # inputs of a new shape every call (sparse positions) share one shape-free packing
+        self.pack_by_shape = True
+
+    PACKED_SHAPES = 8  # input shapes whose packed weights are kept (bands, image sizes)
+
+    def packed(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The weights packed for inputs of ``shape``: oneDNN then picks its kernel and weight layout once,
+        instead of reordering the weights on every call as it does for weights packed without a shape."""
+        key = shape if self.pack_by_shape else None
+        p = self._packed.get(key)
+        if p is None:
+            if len(self._packed) >= self.PACKED_SHAPES:
+                self._packed.pop(next(iter(self._packed)))
+            g = self.grid_in
+            p = torch.ops.onednn.qconv_prepack(
+                self.weight_int8, self.w_scale, g.scale, g.zero_point, [1, 1], self.padding, [1, 1], 1,
+                None if key is None else list(key),
+            )  # fmt: skip
+            self._packed[key] = p
+        return p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_scale, out_zp, out_dtype = (
@@ -235,7 +260,7 @@ class Int8Conv(nn.Module):
             x,
             self.grid_in.scale,
             self.grid_in.zero_point,
-            self._packed,
+            self.packed(tuple(x.shape)),
             self.w_scale,
             self.w_zp,
             self.bias,
@@ -512,6 +537,89 @@ class ExactConv(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, in={self.grid_in}, out={self.grid_out}, act={self.act}"
 
 
+def _s2d_window_weights(n: torch.Tensor) -> torch.Tensor:
+    """3x3 weights int8 [C, I, 3, 3] -> 1x1 weights int8 [4C, 16I, 1, 1] acting on 4x4 windows.
+
+    Output channel ``(dy * 2 + dx) * C + c`` is output pixel (dy, dx) of a 2x2 block; input channel
+    ``(a * 2 + b) * 4I + (sy * 2 + sx) * I + i`` is window pixel (2a + sy, 2b + sx), input channel i
+    (the order :meth:`ExactStem.windows` gathers them in).
+    """
+    c, cin = int(n.shape[0]), int(n.shape[1])
+    w = torch.zeros(4 * c, 2, 2, 2, 2, cin, dtype=torch.int8)  # [out, a, b, sy, sx, i]
+    for dy in range(2):
+        for dx in range(2):
+            for ky in range(3):
+                for kx in range(3):
+                    wy, wx = dy + ky, dx + kx
+                    o = slice((dy * 2 + dx) * c, (dy * 2 + dx + 1) * c)
+                    w[o, wy // 2, wx // 2, wy % 2, wx % 2] = n[:, :, ky, kx]
+    return w.reshape(4 * c, 16 * cin, 1, 1)
+
+
+class ExactStem(nn.Module):
+    """The stem chain (3x3 conv -> BatchNorm -> activation onto ``out_quant``'s grid) computed exactly
+    (as :class:`ExactConv`) and written directly in space-to-depth layout.
+
+    The stem reads 3 channels, where oneDNN's direct 3x3 conv is slow, and its full-resolution output
+    was only ever read through :func:`space_to_depth`. Here every 2x2 block of output pixels is one
+    1x1 conv (16*C_in -> 4*C_out, :func:`_s2d_window_weights`) of the block's 4x4 input window: the same
+    integer products, so the same exact accumulators, in 1.8x the multiplies of a dense layout that
+    oneDNN runs several times faster; the float32 tail then writes the space-to-depth tensor directly.
+    """
+
+    BAND_ELEMENTS = ExactConv.BAND_ELEMENTS
+
+    def __init__(self, conv: QConv2d, bn: nn.BatchNorm2d | None, act: str, out_quant: ActQuant, where: str):
+        super().__init__()
+        _expect(conv, QConv2d, where)
+        quant = _expect(conv.input_quant, ActQuant, f"{where}.input_quant")
+        if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
+            raise _Unsupported(f"{where}: the stem must be a 3x3 stride-1 'same' convolution, got {conv}")
+        _int8_weights(conv)  # raises _Unsupported for other bit widths
+        n, m, b = chain_params(conv, bn)
+        self.grid_in = Grid.of(quant)
+        if accumulator_bound(n, self.grid_in.zero_point) >= EXACT_LIMIT:
+            raise _Unsupported(f"{where}: the integer accumulator could exceed 2^24 (float32 would round it)")
+        self.in_channels, self.out_channels = int(n.shape[1]), int(n.shape[0])
+        ones = torch.ones(4 * self.out_channels, dtype=torch.float64)
+        w = _s2d_window_weights(n)
+        self.acc = Int8Conv(w, ones, None, padding=0, grid_in=Grid(1.0, self.grid_in.zero_point), grid_out=None)
+        self.m, self.b = np.tile(m.numpy(), 4), np.tile(b.numpy(), 4)
+        self.act, self.out_quant, self.grid_out = act, out_quant, Grid.of(out_quant)
+        # the same chain as one folded full-resolution oneDNN conv: what the ONNX exporter writes
+        self.conv = qconv_bn(conv, bn, self.grid_out, act, where)
+
+    def windows(self, x: torch.Tensor) -> np.ndarray:
+        """uint8 [C, H, W] (one image) -> uint8 [H/2, W/2, 16C]: the 4x4 window of each 2x2 block,
+        padded by one pixel of the input zero point (a real zero, as the conv's zero padding)."""
+        c, h, w = x.shape
+        p = np.pad(x.permute(1, 2, 0).numpy(), ((1, 1), (1, 1), (0, 0)), constant_values=self.grid_in.zero_point)
+        s = p.reshape(h // 2 + 1, 2, w // 2 + 1, 2 * c).transpose(0, 2, 1, 3).reshape(h // 2 + 1, w // 2 + 1, 4 * c)
+        return np.concatenate([s[a : a + h // 2, b : b + w // 2] for a in (0, 1) for b in (0, 1)], axis=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: uint8 [B, C_in, H, W] -> uint8 [B, 4*C_out, H/2, W/2] channels-last, channel order (dy, dx, c)."""
+        bsz, _, h, w = x.shape
+        if h % 2 or w % 2:
+            raise ValueError(f"the stem needs an even input size, got {w}x{h}")
+        c = 4 * self.out_channels
+        out = np.empty((bsz, h // 2, w // 2, c), np.uint8)
+        rows = max(1, self.BAND_ELEMENTS // (w // 2 * c))
+        for i in range(bsz):
+            win = self.windows(x[i])
+            for r in range(0, h // 2, rows):
+                band = torch.from_numpy(win[r : r + rows]).permute(2, 0, 1)[None]  # channels-last view
+                a = self.acc(band).permute(0, 2, 3, 1).numpy().reshape(-1, c)
+                quantize_tail(
+                    a, self.m, self.b, self.act, self.out_quant, self.grid_out.zero_point,
+                    out=out[i, r : r + rows].reshape(-1, c), neg=False,
+                )  # fmt: skip
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, in={self.grid_in}, out={self.grid_out}, act={self.act}"
+
+
 class BinaryResidual(nn.Module):
     """``out = Q_res(shortcut(x) + Q_res(BN(Q_a(relu(binconv(x))))))`` on the uint8 residual stream.
 
@@ -580,6 +688,85 @@ class BinaryResidual(nn.Module):
         return _from_nhwc(out, s), _from_nhwc(out_neg, s)
 
 
+@functools.lru_cache(maxsize=1)
+def _blend_kernel():
+    """numba kernel ``blend(y, corner, wts, out)``: out[i] = sum_k wts[i, k] * y[corner[i, k]] (float32)."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def blend(y, corner, wts, out):  # pragma: no cover - compiled
+        n, d = out.shape
+        for i in range(n):
+            for j in range(d):
+                out[i, j] = np.float32(0.0)
+            for k in range(corner.shape[1]):
+                wk = wts[i, k]
+                if wk != 0:
+                    r = corner[i, k]
+                    for j in range(d):
+                        out[i, j] += wk * y[r, j]
+
+    return blend
+
+
+class SparseDescriptorTail(nn.Module):
+    """The descriptor head's last two convs evaluated only where keypoints sample them.
+
+    The dense head computes a 3x3 conv (c1, uint8 out) and a 1x1 conv (c2, float out) over the whole
+    1/4-resolution map, then samples the result bilinearly at a few hundred keypoints. Here both run
+    only at the map positions those samples touch: each position's 3x3 input patch is gathered and c1
+    becomes one 1x1 oneDNN conv over the patches (the same integer products and requantization), c2
+    runs on its output as before, and the four corners of each keypoint are blended with
+    ``grid_sample``'s weights (align_corners=False, zero outside the map). At 480x640 with 1000
+    keypoints that is about a fifth of the positions, and no 20 MB float map.
+    """
+
+    def __init__(self, c1: Int8Conv, c2: Int8Conv):
+        super().__init__()
+        if c1.kernel_size != 3 or c1.grid_out is None or c2.kernel_size != 1 or c2.grid_out is not None:
+            raise _Unsupported("descriptor head: expected a 3x3 conv with uint8 output, then a 1x1 float conv")
+        w1 = c1.weight_int8.permute(0, 2, 3, 1).reshape(c1.out_channels, -1, 1, 1)  # inputs in (ky, kx, c) order
+        self.patch = Int8Conv(
+            w1, c1.w_scale64, c1.bias64, padding=0, grid_in=c1.grid_in, grid_out=c1.grid_out, act=c1.act
+        )
+        self.c2 = copy.copy(c2)  # the dense head keeps its own packing cache
+        self.c2._packed = {}
+        self.patch.pack_by_shape = self.c2.pack_by_shape = False
+        self.zp_in = c1.grid_in.zero_point
+
+    def forward(self, d: torch.Tensor, keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """d: c1's input, uint8 [1, C, h, w] channels-last; keypoints: float [N, 2] (x, y) in the input's
+        ``width`` x ``height`` pixels -> float32 [N, D], the dense head's map sampled as
+        :func:`zippy.postprocess.sample_descriptors` samples it.
+        """
+        _, c, h, w = d.shape
+        n = keypoints.shape[0]
+        if n == 0:
+            return torch.zeros(0, self.c2.out_channels)
+        # grid_sample's source coordinates (align_corners=False) of the normalized sampling grid
+        g = (2 * keypoints.float() + 1) / torch.tensor([width, height], dtype=torch.float32) - 1
+        u = ((g + 1) * torch.tensor([w, h], dtype=torch.float32) - 1) / 2
+        x0, y0 = u[:, 0].floor(), u[:, 1].floor()
+        fx, fy = u[:, 0] - x0, u[:, 1] - y0
+        cx = x0.long().view(-1, 1) + torch.tensor([[0, 1, 0, 1]])  # [N, 4] corners
+        cy = y0.long().view(-1, 1) + torch.tensor([[0, 0, 1, 1]])
+        wts = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], 1)
+        wts = wts * ((cx >= 0) & (cx < w) & (cy >= 0) & (cy < h))
+        pos, corner = torch.unique(cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1), return_inverse=True)
+        # each position's 3x3 input patch; taps outside the map hold the input zero point (zero padding)
+        ty = (pos // w).view(-1, 1) + torch.tensor([ky for ky in range(-1, 2) for _ in range(3)])
+        tx = (pos % w).view(-1, 1) + torch.tensor([kx for _ in range(3) for kx in range(-1, 2)])
+        outside = ((ty < 0) | (ty >= h) | (tx < 0) | (tx >= w)).view(-1).nonzero().view(-1)
+        idx = (ty.clamp(0, h - 1) * w + tx.clamp(0, w - 1)).view(-1)
+        patches = d[0].permute(1, 2, 0).reshape(-1, c).index_select(0, idx).index_fill_(0, outside, self.zp_in)
+        p = pos.numel()
+        q = self.patch(patches.view(1, p, 1, 9 * c).permute(0, 3, 1, 2))  # uint8 [1, D1, P, 1] channels-last
+        y = self.c2(q).permute(0, 2, 3, 1).reshape(p, -1)  # float32 [P, D]
+        out = np.empty((n, y.shape[1]), np.float32)
+        _blend_kernel()(y.numpy(), corner.numpy(), wts.numpy(), out)
+        return torch.from_numpy(out)
+
+
 def _merged_heads(score: tuple, position: tuple, model: KeypointNet) -> nn.ModuleList:
     """(regrid, one Int8Conv with the score then the position channels, one FloatConv3x3 with 3 outputs)."""
     (regrid, sc, _), (_, pc, _) = score, position
@@ -624,6 +811,7 @@ class Int8KeypointNet(nn.Module):
         self.desc_in, self.desc_convs = plan.desc
         # both heads read the same tensor; with equal input grids one conv (twice as wide) serves both
         self.heads = _merged_heads(plan.score, plan.position, model) if plan.heads_share_grid else None
+        self.sparse_desc = SparseDescriptorTail(self.desc_convs[1], self.desc_convs[2])
 
     def quantize_image(self, x: torch.Tensor) -> torch.Tensor:
         """float [B, 3, H, W] in [0, 1] -> uint8 channels-last on the image grid (round(255 x), clamped)."""
@@ -632,15 +820,27 @@ class Int8KeypointNet(nn.Module):
         return q.to(torch.uint8, memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """float [B, 3, H, W] -> score, coords and the dense descriptor map (see :func:`convert`)."""
+        out = self.detect(x)
+        _, c1, c2 = self.desc_convs
+        out["desc"] = c2(c1(out.pop("desc_input")))
+        return out
+
+    def detect(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything but the descriptor head's last two convs, for :meth:`describe`.
+
+        Returns ``score`` float [B, 1, H/8, W/8], ``coords`` float [B, 2, H/8, W/8] and ``desc_input``
+        uint8 [B, C, H/4, W/4] channels-last (the input of the descriptor head's 1/4-resolution conv).
+        """
         if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
             raise ValueError(f"expected float [B, 3, H, W], got {x.dtype} {list(x.shape)}")
         _, _, h, w = x.shape
         cell = self.cfg.cell
         if h % cell or w % cell:
             raise ValueError(f"input size must be a multiple of {cell}, got {w}x{h}")
-        q = self.stem(self.quantize_image(x))[0]
-        for regrid, pool, blocks in self.stages:
-            q, neg = pool(regrid(space_to_depth(q)))
+        q = self.stem(self.quantize_image(x))  # already in space-to-depth layout (ExactStem)
+        for i, (regrid, pool, blocks) in enumerate(self.stages):
+            q, neg = pool(regrid(q if i == 0 else space_to_depth(q)))
             for block in blocks:
                 q, neg = block(q, neg)
         for block in self.block8:
@@ -655,10 +855,14 @@ class Int8KeypointNet(nn.Module):
         score = _mask_border(torch.sigmoid(logits))
         offset = torch.tanh(offset)
         coords = _cell_coords(offset, cell, self.cfg.cross_ratio, w, h)
-        c0, c1, c2 = self.desc_convs
-        d = depth_to_space(c0(self.desc_in(q)))
-        desc = c2(c1(d))
-        return {"score": score, "coords": coords, "desc": desc}
+        d = depth_to_space(self.desc_convs[0](self.desc_in(q)))
+        return {"score": score, "coords": coords, "desc_input": d}
+
+    def describe(self, out: dict[str, torch.Tensor], keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """Raw descriptors float32 [N, D] of image 0 of :meth:`detect`'s ``out`` at ``keypoints`` float [N, 2]
+        (input pixels of a ``width`` x ``height`` input): the dense map of :meth:`forward` sampled by
+        :func:`zippy.postprocess.sample_descriptors`, computed only where the samples need it."""
+        return self.sparse_desc(out["desc_input"][:1], keypoints, width, height)
 
 
 class _Plan:
@@ -699,7 +903,7 @@ class _Plan:
         self.res_quant = res_quant
         self.stages = nn.ModuleList(stages)
         first_pool_quant = model.stages[0][1][0][0].input_quant
-        self.stem = ExactConv(stem[0], stem[1], "hardswish", first_pool_quant, "stem.0")
+        self.stem = ExactStem(stem[0], stem[1], "hardswish", first_pool_quant, "stem.0")
         self.block8 = nn.ModuleList(
             BinaryResidual(_expect(m, Residual, f"block8.{i}"), res_quant, f"block8.{i}")
             for i, m in enumerate(_expect(model.block8, nn.Sequential, "block8"))

@@ -75,6 +75,7 @@ class TrainConfig:
     distill_weight: float = 1.0
     teacher_cache: str | None = None  # cache folder of a cached teacher (ALIKED); default out_dir/teacher_cache
     model_options: dict[str, Any] = field(default_factory=dict)  # backbone options (ModelConfig.options)
+    model_config: dict[str, Any] = field(default_factory=dict)  # other ModelConfig fields (e.g. feat_dim)
     bn_recal_batches: int = 8  # batches of training pairs used to recalibrate BN before validating / exporting
     loss: dict[str, Any] = field(default_factory=dict)
 
@@ -175,7 +176,10 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "last.pt", out / "log.jsonl"
 
-    mcfg = {"backbone": tc.backbone, "options": dict(tc.model_options)}
+    clash = sorted({"backbone", "options"} & set(tc.model_config))
+    if clash:
+        raise ValueError(f"model_config may not set {clash}: use backbone / model_options")
+    mcfg = {**tc.model_config, "backbone": tc.backbone, "options": dict(tc.model_options)}
     if tc.temperature is not None:
         mcfg["temperature"] = tc.temperature
     model = KeypointNet(ModelConfig.from_dict(mcfg))
