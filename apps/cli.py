@@ -28,7 +28,12 @@ COMMANDS: dict[str, str] = {
 # group name -> {sub-command name -> module}
 GROUPS: dict[str, dict[str, str]] = {
     "eval": {"hpatches": "cmd_eval_hpatches", "localization": "cmd_eval_localization", "relpose": "cmd_eval_relpose"},
-    "bench": {"matcher": "cmd_bench_matcher", "extract": "cmd_bench_extract", "stream": "cmd_bench_stream"},
+    "bench": {
+        "matcher": "cmd_bench_matcher",
+        "extract": "cmd_bench_extract",
+        "stream": "cmd_bench_stream",
+        "profile": "cmd_bench_profile",
+    },
 }
 
 
