@@ -336,3 +336,17 @@ def test_sparse_descriptors_equal_the_dense_map_sampled(net):
     assert sparse.shape == dense.shape and sparse.dtype == torch.float32
     assert torch.allclose(sparse, dense, atol=1e-4, rtol=1e-5)
     assert empty.shape == (0, dense.shape[1])
+
+
+def test_integer_chain_cache_follows_in_place_changes(calibrated_zippypoint):
+    """The chain's integer weights are cached in eval mode and recomputed when a weight or statistic changes."""
+    model = copy.deepcopy(calibrated_zippypoint).eval()
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        a = model.stem(x)
+        assert torch.equal(model.stem(x), a)  # cached: the same result
+        model.stem[1].running_mean.add_(0.5)  # in place, as a load or a BN recalibration does
+        b = model.stem(x)
+        fresh = copy.deepcopy(model.stem)
+        fresh._chain_cache = None
+        assert not torch.equal(a, b) and torch.equal(b, fresh(x))

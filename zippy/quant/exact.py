@@ -196,6 +196,22 @@ class IntegerConvChain(nn.Sequential):
     ``nn.Sequential`` of the same modules, so weights load either way.
     """
 
+    def _params(
+        self, conv: QConv2d, bn: nn.BatchNorm2d, quant: ActQuant
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`chain_params` (n as float32), cached until a weight, BatchNorm statistic or range changes
+        (keyed on the tensors' in-place version counters, which optimizer steps and loads advance)."""
+        tensors = [conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, quant.lo, quant.hi]
+        key = tuple((id(t), t._version) if t is not None else None for t in tensors)
+        cached = getattr(self, "_chain_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        n, m, b = chain_params(conv, bn)
+        if accumulator_bound(n, quant.qparams()[1]) >= EXACT_LIMIT:
+            raise ValueError("integer chain: the accumulator could exceed 2^24 (float32 would round it)")
+        self._chain_cache = (key, (n.float(), m, b))
+        return n.float(), m, b
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self[0], self[1]
         quant = getattr(conv, "input_quant", None)
@@ -218,12 +234,10 @@ class IntegerConvChain(nn.Sequential):
             act, rest = _act_name(rest[0]), rest[1:]
         with torch.autocast(x.device.type, enabled=False):
             xq = quant(x.float())
-            s_in, zp = quant.qparams()
-            n, m, b = chain_params(conv, bn)
-            if accumulator_bound(n, zp) >= EXACT_LIMIT:
-                raise ValueError("integer chain: the accumulator could exceed 2^24 (float32 would round it)")
+            s_in, _ = quant.qparams()
+            n, m, b = self._params(conv, bn, quant)
             k = torch.round(xq / s_in)  # q - zp, exact integers
-            acc = F.conv2d(k, n.float(), None, conv.stride, conv.padding, conv.dilation, conv.groups)
+            acc = F.conv2d(k, n, None, conv.stride, conv.padding, conv.dilation, conv.groups)
             y = tail_reference(acc, m, b, act)
         for module in rest:
             y = module(y)
