@@ -431,34 +431,41 @@ class Regrid(nn.Module):
 
 @functools.lru_cache(maxsize=1)
 def _binary_tail_kernels():
-    """numba kernels of the binary blocks' tail, one pass over [N, C] (branch-free table lookups).
+    """numba kernels of the binary blocks' tail over [N, C], row by row: the table lookups first (a gather
+    into a row buffer), then the saturating add as plain arithmetic, which vectorizes.
 
-    ``tail_u8(y, s, h, sat, negt, out, neg)``: y uint8 = clamp(conv, 0, 255), h [C, 256] = G[c, F[y]];
-    ``tail_f32(y, s, f, g, sat, negt, out, neg)``: y float32 exact integers, F over [0, len(f)).
-    Both: t = s + table value, out = sat[t] = clamp(t - zp, 0, 255), neg = negt[t] = (out < zp).
+    ``tail_u8(y, s, h, zp, out, neg)``: y uint8 = clamp(conv, 0, 255), h [C, 256] = G[c, F[y]];
+    ``tail_f32(y, s, f, g, zp, out, neg)``: y float32 exact integers, F over [0, len(f)).
+    Both: t = s + table value, out = clamp(t - zp, 0, 255), neg = (out < zp).
     """
     import numba
 
-    @numba.njit(cache=True, nogil=True)
-    def tail_u8(y, s, h, sat, negt, out, neg):  # pragma: no cover - compiled
-        n, c = y.shape
-        for i in range(n):
-            for j in range(c):
-                t = np.int32(s[i, j]) + np.int32(h[j, y[i, j]])
-                out[i, j] = sat[t]
-                neg[i, j] = negt[t]
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def saturate(s, buf, zp, out, neg, i):  # pragma: no cover - compiled
+        for j in range(buf.shape[0]):
+            v = min(max(np.int32(s[i, j]) + buf[j] - zp, 0), 255)
+            out[i, j] = v
+            neg[i, j] = v < zp
 
     @numba.njit(cache=True, nogil=True)
-    def tail_f32(y, s, f, g, sat, negt, out, neg):  # pragma: no cover - compiled
+    def tail_u8(y, s, h, zp, out, neg):  # pragma: no cover - compiled
+        n, c = y.shape
+        buf = np.empty(c, np.int32)
+        for i in range(n):
+            for j in range(c):
+                buf[j] = h[j, y[i, j]]
+            saturate(s, buf, np.int32(zp), out, neg, i)
+
+    @numba.njit(cache=True, nogil=True)
+    def tail_f32(y, s, f, g, zp, out, neg):  # pragma: no cover - compiled
         n, c = y.shape
         kmax = np.float32(f.shape[0] - 1)
         zero = np.float32(0.0)
+        buf = np.empty(c, np.int32)
         for i in range(n):
             for j in range(c):
-                k = np.int32(min(max(y[i, j], zero), kmax))
-                t = np.int32(s[i, j]) + np.int32(g[j, f[k]])
-                out[i, j] = sat[t]
-                neg[i, j] = negt[t]
+                buf[j] = g[j, f[np.int32(min(max(y[i, j], zero), kmax))]]
+            saturate(s, buf, np.int32(zp), out, neg, i)
 
     return tail_u8, tail_f32
 
@@ -657,9 +664,6 @@ class BinaryResidual(nn.Module):
             self.h_lut = np.ascontiguousarray(g_lut[:, f_lut[: _UINT8_MAX + 1]])
         else:
             self.f_lut, self.g_lut = f_lut, g_lut
-        t = np.arange(2 * _UINT8_MAX + 1) - grid_res.zero_point
-        self.sat = np.clip(t, 0, _UINT8_MAX).astype(np.uint8)
-        self.negt = (self.sat < grid_res.zero_point).astype(np.uint8)
         self.shortcut: nn.Module | None = None
         if not isinstance(block.shortcut, nn.Identity):
             sc = _expect(block.shortcut, nn.Sequential, f"{where}.shortcut")
@@ -682,9 +686,9 @@ class BinaryResidual(nn.Module):
         out_neg = np.empty_like(ss)
         tail_u8, tail_f32 = _binary_tail_kernels()
         if self.clamp_uint8:
-            tail_u8(ys, ss, self.h_lut, self.sat, self.negt, out, out_neg)
+            tail_u8(ys, ss, self.h_lut, self.grid_res.zero_point, out, out_neg)
         else:
-            tail_f32(ys, ss, self.f_lut, self.g_lut, self.sat, self.negt, out, out_neg)
+            tail_f32(ys, ss, self.f_lut, self.g_lut, self.grid_res.zero_point, out, out_neg)
         return _from_nhwc(out, s), _from_nhwc(out_neg, s)
 
 
