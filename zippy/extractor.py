@@ -150,9 +150,9 @@ class Extractor:
         # One image per network call: oneDNN picks other kernels for other batch sizes, and float rounding
         # differences can flip fake-quantized values; per-image calls make a batch give exactly the
         # results of single calls, at little cost on CPU where one image already fills the GEMMs.
+        # the int8 network computes its descriptors only at the selected keypoints (detect / describe)
+        sparse = hasattr(self._net, "describe")
         for xi in x.split(1):
-            # the int8 network computes its descriptors only at the selected keypoints (detect / describe)
-            sparse = hasattr(self._net, "describe")
             t0 = time.perf_counter()
             out = self._net.detect(xi) if sparse else self._net(xi)
             t1 = time.perf_counter()
@@ -167,10 +167,12 @@ class Extractor:
             t3 = time.perf_counter()
             desc = finalize_descriptors(desc, self.binary, self.cfg.desc_ones)
             t4 = time.perf_counter()
-            network, post = (t1 - t0) + (t3 - t2), (t2 - t1) + (t4 - t3)
-            if not sparse:  # sampling a dense map is post-processing
-                network, post = t1 - t0, (t2 - t1) + (t4 - t2)
-            meta = {"time_network_ms": 1e3 * network, "time_post_ms": 1e3 * post, "engine": self.engine}
+            describe = t3 - t2 if sparse else 0.0  # network work; sampling a dense map is post-processing
+            meta = {
+                "time_network_ms": 1e3 * (t1 - t0 + describe),
+                "time_post_ms": 1e3 * (t4 - t1 - describe),
+                "engine": self.engine,
+            }
             feats.append(Features(kpts.numpy(), scores.numpy(), desc.numpy(), (w, h), meta))
         return feats
 
