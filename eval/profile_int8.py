@@ -31,12 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from zippy_eval.bench_extract import FRAMES
 from zippy_eval.results import environment, markdown_table, save_figure, write_json, write_text
 
 __all__ = ["STAGES", "add_arguments", "main", "profile_network", "run", "run_args", "stage_of"]
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FRAMES = REPO_ROOT.parent / "shared" / "data" / "localization" / "tum_freiburg_sequence"
 
 STAGES = (
     "stem",

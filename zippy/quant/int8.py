@@ -470,6 +470,20 @@ def _binary_tail_kernels():
     return tail_u8, tail_f32
 
 
+def _exact_chain(
+    conv: QConv2d, bn: nn.BatchNorm2d | None, where: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Grid]:
+    """:func:`~zippy.quant.exact.chain_params` of an 8-bit conv chain and its input grid, checked for exactness."""
+    quant = _expect(conv.input_quant, ActQuant, f"{where}.input_quant")
+    if conv.bits != 8:
+        raise _Unsupported(f"{where}: int8 engine needs 8-bit weights, got {conv.bits}-bit")
+    n, m, b = chain_params(conv, bn)
+    grid = Grid.of(quant)
+    if accumulator_bound(n, grid.zero_point) >= EXACT_LIMIT:
+        raise _Unsupported(f"{where}: the integer accumulator could exceed 2^24 (float32 would round it)")
+    return n, m, b, grid
+
+
 class ExactConv(nn.Module):
     """An 8-bit conv -> BatchNorm -> activation chain computed as the fake-quantized model computes it in
     eval mode (:mod:`zippy.quant.exact`): oneDNN gives the exact integer accumulator (float32, exact below
@@ -494,14 +508,9 @@ class ExactConv(nn.Module):
     ):
         super().__init__()
         _expect(conv, QConv2d, where)
-        quant = _expect(conv.input_quant, ActQuant, f"{where}.input_quant")
         if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
             raise _Unsupported(f"{where}: only stride 1, dilation 1, groups 1 convolutions are supported")
-        _int8_weights(conv)  # raises _Unsupported for other bit widths
-        n, m, b = chain_params(conv, bn)
-        self.grid_in = Grid.of(quant)
-        if accumulator_bound(n, self.grid_in.zero_point) >= EXACT_LIMIT:
-            raise _Unsupported(f"{where}: the integer accumulator could exceed 2^24 (float32 would round it)")
+        n, m, b, self.grid_in = _exact_chain(conv, bn, where)
         if in_order is not None:
             n = n[:, in_order]
         ones = torch.ones(n.shape[0], dtype=torch.float64)
@@ -579,14 +588,9 @@ class ExactStem(nn.Module):
     def __init__(self, conv: QConv2d, bn: nn.BatchNorm2d | None, act: str, out_quant: ActQuant, where: str):
         super().__init__()
         _expect(conv, QConv2d, where)
-        quant = _expect(conv.input_quant, ActQuant, f"{where}.input_quant")
         if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
             raise _Unsupported(f"{where}: the stem must be a 3x3 stride-1 'same' convolution, got {conv}")
-        _int8_weights(conv)  # raises _Unsupported for other bit widths
-        n, m, b = chain_params(conv, bn)
-        self.grid_in = Grid.of(quant)
-        if accumulator_bound(n, self.grid_in.zero_point) >= EXACT_LIMIT:
-            raise _Unsupported(f"{where}: the integer accumulator could exceed 2^24 (float32 would round it)")
+        n, m, b, self.grid_in = _exact_chain(conv, bn, where)
         self.in_channels, self.out_channels = int(n.shape[1]), int(n.shape[0])
         ones = torch.ones(4 * self.out_channels, dtype=torch.float64)
         w = _s2d_window_weights(n)
