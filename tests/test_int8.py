@@ -350,3 +350,14 @@ def test_integer_chain_cache_follows_in_place_changes(calibrated_zippypoint):
         fresh = copy.deepcopy(model.stem)
         fresh._chain_cache = None
         assert not torch.equal(a, b) and torch.equal(b, fresh(x))
+
+
+def test_integer_chain_built_under_inference_mode_runs_without_the_cache():
+    """Tensors created in torch.inference_mode have no version counter: the chain then recomputes each call."""
+    with torch.inference_mode():
+        model = KeypointNet(ModelConfig(backbone="zippypoint")).train()
+        model(torch.rand(1, 3, 32, 48))  # calibrates the EMA ranges
+        model.eval()
+        a = model.stem(torch.ones(1, 3, 16, 16) * 0.5)
+        b = model.stem(torch.ones(1, 3, 16, 16) * 0.5)
+    assert torch.equal(a, b)

@@ -202,9 +202,12 @@ class IntegerConvChain(nn.Sequential):
         """:func:`chain_params` (n as float32), cached until a weight, BatchNorm statistic or range changes
         (keyed on the tensors' in-place version counters, which optimizer steps and loads advance)."""
         tensors = [conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, quant.lo, quant.hi]
-        key = tuple((id(t), t._version) if t is not None else None for t in tensors)
+        try:
+            key = tuple((id(t), t._version) if t is not None else None for t in tensors)
+        except RuntimeError:  # tensors made under torch.inference_mode have no version counter: no cache
+            key = None
         cached = getattr(self, "_chain_cache", None)
-        if cached is not None and cached[0] == key:
+        if key is not None and cached is not None and cached[0] == key:
             return cached[1]
         n, m, b = chain_params(conv, bn)
         if accumulator_bound(n, quant.qparams()[1]) >= EXACT_LIMIT:

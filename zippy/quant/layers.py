@@ -152,7 +152,10 @@ class QConv2d(nn.Conv2d):
             return self.weight
         if torch.is_grad_enabled():
             return weight_fake_quant(self.weight, self.bits)
-        key = (self.weight._version, self.weight.data_ptr())
+        try:
+            key = (self.weight._version, self.weight.data_ptr())
+        except RuntimeError:  # a weight made under torch.inference_mode has no version counter: no cache
+            return weight_fake_quant(self.weight.detach(), self.bits)
         if self._cached is None or self._cached[0] != key:
             self._cached = (key, weight_fake_quant(self.weight.detach(), self.bits))
         return self._cached[1]
