@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zippy.quant.layers import ActQuant, QConv2d, weight_fake_quant
+from zippy.quant.layers import ActQuant, QConv2d, version_key, weight_fake_quant
 
 __all__ = [
     "ACTIVATIONS",
@@ -201,19 +201,18 @@ class IntegerConvChain(nn.Sequential):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:func:`chain_params` (n as float32), cached until a weight, BatchNorm statistic or range changes
         (keyed on the tensors' in-place version counters, which optimizer steps and loads advance)."""
-        tensors = [conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, quant.lo, quant.hi]
-        try:
-            key = tuple((id(t), t._version) if t is not None else None for t in tensors)
-        except RuntimeError:  # tensors made under torch.inference_mode have no version counter: no cache
-            key = None
+        key = version_key(
+            conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var, quant.lo, quant.hi
+        )
         cached = getattr(self, "_chain_cache", None)
         if key is not None and cached is not None and cached[0] == key:
             return cached[1]
         n, m, b = chain_params(conv, bn)
         if accumulator_bound(n, quant.qparams()[1]) >= EXACT_LIMIT:
             raise ValueError("integer chain: the accumulator could exceed 2^24 (float32 would round it)")
-        self._chain_cache = (key, (n.float(), m, b))
-        return n.float(), m, b
+        params = (n.float(), m, b)
+        self._chain_cache = (key, params)
+        return params
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self[0], self[1]

@@ -25,6 +25,7 @@ __all__ = [
     "reset_activation_ranges",
     "set_fake_quant",
     "sign_ste",
+    "version_key",
     "weight_fake_quant",
 ]
 
@@ -45,6 +46,16 @@ def fake_quant(x: torch.Tensor, scale: float | torch.Tensor, zero_point: int | t
     if xc.requires_grad:
         q = xc + (q - xc).detach()
     return q.to(x.dtype)
+
+
+def version_key(*tensors: torch.Tensor | None) -> tuple | None:
+    """A cache key that changes when any of ``tensors`` is replaced or modified in place (optimizer steps,
+    loads): their identities, storages and version counters. None for tensors made under
+    ``torch.inference_mode``, which have no version counter (such caches must not be used)."""
+    try:
+        return tuple(None if t is None else (id(t), t.data_ptr(), t._version) for t in tensors)
+    except RuntimeError:
+        return None
 
 
 class _SignSTE(torch.autograd.Function):
@@ -144,7 +155,7 @@ class QConv2d(nn.Conv2d):
         self.bits = bits
         self.input_quant = input_quant if input_quant is not None else nn.Identity()
         self.quant_enabled = True
-        self._cached: tuple[tuple[int, int], torch.Tensor] | None = None
+        self._cached: tuple[tuple, torch.Tensor] | None = None
 
     def quantized_weight(self) -> torch.Tensor:
         """The fake-quantized weight; cached while weights do not change and no gradient is needed."""
@@ -152,9 +163,8 @@ class QConv2d(nn.Conv2d):
             return self.weight
         if torch.is_grad_enabled():
             return weight_fake_quant(self.weight, self.bits)
-        try:
-            key = (self.weight._version, self.weight.data_ptr())
-        except RuntimeError:  # a weight made under torch.inference_mode has no version counter: no cache
+        key = version_key(self.weight)
+        if key is None:
             return weight_fake_quant(self.weight.detach(), self.bits)
         if self._cached is None or self._cached[0] != key:
             self._cached = (key, weight_fake_quant(self.weight.detach(), self.bits))
