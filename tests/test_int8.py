@@ -87,6 +87,7 @@ def test_qconv_bn_folding_matches_float64_reference():
     g = q.grid_in
     xq = (torch.round(x / g.scale) + g.zero_point).clamp(0, 255).to(torch.uint8)
     y = q(xq.contiguous(memory_format=torch.channels_last))
+    assert q.pad_zero_point  # zero point 85 with padding: padded in, folded into the bias
     assert (y.double() - ref).abs().max() < 1e-4
 
 
@@ -147,6 +148,15 @@ def test_integer_chain_eval_matches_the_float_chain_and_the_engine(calibrated_zi
     assert steps.max() <= 1.0 + 1e-4 and (steps > 0.5).float().mean() < 1e-3  # the same up to rounding
     want = (torch.round(exact / s) + zp).to(torch.uint8).contiguous(memory_format=torch.channels_last)
     assert torch.equal(int8.space_to_depth(want), engine)  # the engine: bit for bit
+
+
+def test_stem_quantizes_float_images_as_quantize_image(net):
+    """The stem's fused quantize-and-gather pass = quantize_image then the stem, exact ties and clipping included."""
+    torch.manual_seed(5)
+    x = torch.rand(2, 3, 16, 24)
+    x[:, 0, :2] = (torch.arange(24) % 256 + 0.5) / 255  # halfway between two levels: round half to even
+    x[:, 1, :1] = torch.linspace(-0.2, 1.2, 24)  # outside [0, 1]: clamped
+    assert torch.equal(net.stem(x), net.stem(net.quantize_image(x)))
 
 
 @pytest.mark.parametrize("input_range", [(0.0, 1.0), (-1.0, 1.5)])

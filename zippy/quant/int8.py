@@ -195,11 +195,30 @@ def _int8_weights(conv: QConv2d) -> tuple[torch.Tensor, torch.Tensor]:
     return integer_weights(conv)
 
 
+def _pad_with(x: torch.Tensor, pad: int, value: int) -> torch.Tensor:
+    """uint8 [B, C, H, W] channels-last -> [B, C, H + 2 pad, W + 2 pad] channels-last, the border = value."""
+    b, c, h, w = x.shape
+    out = torch.empty((b, h + 2 * pad, w + 2 * pad, c), dtype=x.dtype).permute(0, 3, 1, 2)
+    out[:, :, :pad].fill_(value)
+    out[:, :, h + pad :].fill_(value)
+    out[:, :, pad : h + pad, :pad].fill_(value)
+    out[:, :, pad : h + pad, w + pad :].fill_(value)
+    out[:, :, pad : h + pad, pad : w + pad].copy_(x)
+    return out
+
+
 class Int8Conv(nn.Module):
     """One fused oneDNN int8 convolution on a uint8 channels-last tensor.
 
     ``y = act(scale_in * w_scale[o] * sum(q_in - zp_in) * w_int8 + bias[o])``, then requantized to
     ``out`` (uint8) or returned as float32 when ``out`` is None.
+
+    A padded conv whose input grid has a nonzero zero point runs without oneDNN's zero-point attribute,
+    which makes its 3x3 kernels 1.5-1.7x slower here (256 -> 512 channels at 60x80: 20 vs 12 ms): the
+    input is padded with the zero point (a real zero) and ``zp_in * sum(w_int8)`` moves into the bias.
+    The integer products are the same; the float32 epilogue then rounds
+    ``scale * (acc + zp * sum(w)) + (bias - scale * zp * sum(w))`` instead of ``scale * acc + bias``,
+    so an output on a rounding boundary may move by one step (the heads' convs, where that is allowed).
     """
 
     def __init__(
@@ -228,6 +247,13 @@ class Int8Conv(nn.Module):
         self.bias = None if bias is None else bias.float().contiguous()
         self.weight_int8 = weight.to(torch.int8).contiguous()
         self._packed: dict[tuple[int, ...], torch.Tensor] = {}
+        # what the kernel sees: the zero point padded in by forward() and folded into the bias (see above)
+        self.pad_zero_point = padding > 0 and grid_in.zero_point != 0
+        self._kernel_zp, self._kernel_pad, self._kernel_bias = grid_in.zero_point, self.padding, self.bias
+        if self.pad_zero_point:
+            shift = grid_in.zero_point * grid_in.scale * self.w_scale64 * self.weight_int8.double().sum((1, 2, 3))
+            bias64 = -shift if self.bias64 is None else self.bias64 - shift
+            self._kernel_zp, self._kernel_pad, self._kernel_bias = 0, [0, 0], bias64.float().contiguous()
 
         # inputs of a new shape every call (sparse positions) share one shape-free packing
         self.pack_by_shape = True
@@ -244,7 +270,7 @@ class Int8Conv(nn.Module):
                 self._packed.pop(next(iter(self._packed)))
             g = self.grid_in
             p = torch.ops.onednn.qconv_prepack(
-                self.weight_int8, self.w_scale, g.scale, g.zero_point, [1, 1], self.padding, [1, 1], 1,
+                self.weight_int8, self.w_scale, g.scale, self._kernel_zp, [1, 1], self._kernel_pad, [1, 1], 1,
                 None if key is None else list(key),
             )  # fmt: skip
             self._packed[key] = p
@@ -256,16 +282,18 @@ class Int8Conv(nn.Module):
             if self.grid_out is None
             else (self.grid_out.scale, self.grid_out.zero_point, torch.uint8)
         )
+        if self.pad_zero_point:
+            x = _pad_with(x, self.padding[0], self.grid_in.zero_point)
         return torch.ops.onednn.qconv2d_pointwise(
             x,
             self.grid_in.scale,
-            self.grid_in.zero_point,
+            self._kernel_zp,
             self.packed(tuple(x.shape)),
             self.w_scale,
             self.w_zp,
-            self.bias,
+            self._kernel_bias,
             [1, 1],
-            self.padding,
+            self._kernel_pad,
             [1, 1],
             1,
             out_scale,
@@ -557,18 +585,17 @@ def _s2d_window_weights(n: torch.Tensor) -> torch.Tensor:
     """3x3 weights int8 [C, I, 3, 3] -> 1x1 weights int8 [4C, 16I, 1, 1] acting on 4x4 windows.
 
     Output channel ``(dy * 2 + dx) * C + c`` is output pixel (dy, dx) of a 2x2 block; input channel
-    ``(a * 2 + b) * 4I + (sy * 2 + sx) * I + i`` is window pixel (2a + sy, 2b + sx), input channel i
-    (the order :meth:`ExactStem.windows` gathers them in).
+    ``(wy * 4 + wx) * I + i`` is window pixel (wy, wx), input channel i (row-major, the order
+    :meth:`ExactStem.windows` gathers them in).
     """
     c, cin = int(n.shape[0]), int(n.shape[1])
-    w = torch.zeros(4 * c, 2, 2, 2, 2, cin, dtype=torch.int8)  # [out, a, b, sy, sx, i]
+    w = torch.zeros(4 * c, 4, 4, cin, dtype=torch.int8)  # [out, wy, wx, i]
     for dy in range(2):
         for dx in range(2):
+            o = slice((dy * 2 + dx) * c, (dy * 2 + dx + 1) * c)
             for ky in range(3):
                 for kx in range(3):
-                    wy, wx = dy + ky, dx + kx
-                    o = slice((dy * 2 + dx) * c, (dy * 2 + dx + 1) * c)
-                    w[o, wy // 2, wx // 2, wy % 2, wx % 2] = n[:, :, ky, kx]
+                    w[o, dy + ky, dx + kx] = n[:, :, ky, kx]
     return w.reshape(4 * c, 16 * cin, 1, 1)
 
 
@@ -601,15 +628,26 @@ class ExactStem(nn.Module):
         self.conv = qconv_bn(conv, bn, self.grid_out, act, where)
 
     def windows(self, x: torch.Tensor) -> np.ndarray:
-        """uint8 [C, H, W] (one image) -> uint8 [H/2, W/2, 16C]: the 4x4 window of each 2x2 block,
-        padded by one pixel of the input zero point (a real zero, as the conv's zero padding)."""
+        """One image [C, H, W] -> uint8 [H/2, W/2, 16C]: the 4x4 window of each 2x2 block (row-major,
+        channels last), padded by one pixel of the input zero point (a real zero, as the conv's zero padding).
+
+        x is uint8 on the input grid, or float32 in [0, 1], which is quantized on the way exactly as
+        :meth:`Int8KeypointNet.quantize_image` does (one pass instead of two).
+        """
         c, h, w = x.shape
-        p = np.pad(x.permute(1, 2, 0).numpy(), ((1, 1), (1, 1), (0, 0)), constant_values=self.grid_in.zero_point)
-        s = p.reshape(h // 2 + 1, 2, w // 2 + 1, 2 * c).transpose(0, 2, 1, 3).reshape(h // 2 + 1, w // 2 + 1, 4 * c)
-        return np.concatenate([s[a : a + h // 2, b : b + w // 2] for a in (0, 1) for b in (0, 1)], axis=-1)
+        g = self.grid_in
+        if x.dtype == torch.uint8:
+            p = _padded_hwc_kernel()(x.numpy(), np.float32(1.0), np.float32(0.0), g.zero_point)
+        else:
+            src = x.detach().float().numpy()
+            p = _padded_hwc_kernel()(src, np.float32(1.0 / g.scale), np.float32(g.zero_point), g.zero_point)
+        s0, s1, s2 = p.strides  # window (i, j) pixel (wy, wx) is p[2i + wy, 2j + wx]: a strided view
+        view = np.lib.stride_tricks.as_strided(p, (h // 2, w // 2, 4, 4, c), (2 * s0, 2 * s1, s0, s1, s2))
+        return np.ascontiguousarray(view).reshape(h // 2, w // 2, 16 * c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: uint8 [B, C_in, H, W] -> uint8 [B, 4*C_out, H/2, W/2] channels-last, channel order (dy, dx, c)."""
+        """x: uint8 [B, C_in, H, W] on the input grid, or the float image in [0, 1] (see :meth:`windows`)
+        -> uint8 [B, 4*C_out, H/2, W/2] channels-last, channel order (dy, dx, c)."""
         bsz, _, h, w = x.shape
         if h % 2 or w % 2:
             raise ValueError(f"the stem needs an even input size, got {w}x{h}")
@@ -697,6 +735,97 @@ class BinaryResidual(nn.Module):
 
 
 @functools.lru_cache(maxsize=1)
+def _padded_hwc_kernel():
+    """numba kernel ``padded_hwc(src, inv_scale, zp, pad)`` of :meth:`ExactStem.windows`: src [C, H, W]
+    (uint8 or float32, any strides) -> uint8 [H + 2, W + 2, C] with a border of ``pad``, each value
+    ``clamp(rint(v * inv_scale) + zp, 0, 255)`` in float32 (uint8 input: inv_scale 1, zp 0)."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def padded_hwc(src, inv_scale, zp, pad):  # pragma: no cover - compiled
+        c, h, w = src.shape
+        zero, top = np.float32(0.0), np.float32(255.0)
+        p = np.full((h + 2, w + 2, c), pad, np.uint8)
+        for ch in range(c):
+            for y in range(h):
+                for x in range(w):
+                    v = np.rint(np.float32(src[ch, y, x]) * inv_scale) + zp
+                    p[y + 1, x + 1, ch] = np.uint8(min(max(v, zero), top))
+        return p
+
+    return padded_hwc
+
+
+@functools.lru_cache(maxsize=1)
+def _sparse_plan_kernel():
+    """numba kernel ``plan(kpts, width, height, w, h) -> (corner, wts, pos)`` of :class:`SparseDescriptorTail`.
+
+    kpts float32 [N, 2] (x, y) in input pixels of a ``width`` x ``height`` input, sampled bilinearly on
+    a w x h map as ``grid_sample`` (align_corners=False, zeros outside) samples it: wts float32 [N, 4] the
+    weights of corners (x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1) (0 outside the map),
+    corner int64 [N, 4] the index of each corner's (clamped) map position in pos, pos int64 [P] the
+    distinct positions ``y * w + x`` in ascending order.
+    """
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def plan(kpts, width, height, w, h):  # pragma: no cover - compiled
+        n = kpts.shape[0]
+        one, two = np.float32(1.0), np.float32(2.0)
+        fw, fh = np.float32(w), np.float32(h)
+        wts = np.empty((n, 4), np.float32)
+        flat = np.empty((n, 4), np.int64)
+        used = np.zeros(h * w, np.int64)
+        for i in range(n):
+            # the normalized grid coordinate, then grid_sample's source coordinate (same float32 steps)
+            ux = ((two * kpts[i, 0] + one) / width - one + one) * fw - one
+            uy = ((two * kpts[i, 1] + one) / height - one + one) * fh - one
+            ux, uy = ux / two, uy / two
+            x0, y0 = np.floor(ux), np.floor(uy)
+            fx, fy = ux - x0, uy - y0
+            wk = ((one - fx) * (one - fy), fx * (one - fy), (one - fx) * fy, fx * fy)
+            for k in range(4):
+                cx, cy = int(x0) + k % 2, int(y0) + k // 2
+                inside = cx >= 0 and cx < w and cy >= 0 and cy < h
+                wts[i, k] = wk[k] if inside else np.float32(0.0)
+                f = min(max(cy, 0), h - 1) * w + min(max(cx, 0), w - 1)
+                flat[i, k] = f
+                used[f] = 1
+        pos = np.flatnonzero(used)
+        for k in range(pos.shape[0]):
+            used[pos[k]] = k
+        corner = np.empty((n, 4), np.int64)
+        for i in range(n):
+            for k in range(4):
+                corner[i, k] = used[flat[i, k]]
+        return corner, wts, pos
+
+    return plan
+
+
+@functools.lru_cache(maxsize=1)
+def _gather_patches_kernel():
+    """numba kernel ``gather(d, pos, zp) -> uint8 [P, 9C]``: the 3x3 patch of each position of d uint8
+    [h, w, C] (``pos`` int64 [P] = y * w + x), taps in (ky, kx, c) order, taps outside the map = zp."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def gather(d, pos, zp):  # pragma: no cover - compiled
+        h, w, c = d.shape
+        out = np.empty((pos.shape[0], 9 * c), np.uint8)
+        for p in range(pos.shape[0]):
+            y, x = pos[p] // w, pos[p] % w
+            for t in range(9):
+                ty, tx = y + t // 3 - 1, x + t % 3 - 1
+                inside = ty >= 0 and ty < h and tx >= 0 and tx < w
+                for k in range(c):
+                    out[p, t * c + k] = d[ty, tx, k] if inside else zp
+        return out
+
+    return gather
+
+
+@functools.lru_cache(maxsize=1)
 def _blend_kernel():
     """numba kernel ``blend(y, corner, wts, out)``: out[i] = sum_k wts[i, k] * y[corner[i, k]] (float32)."""
     import numba
@@ -751,27 +880,15 @@ class SparseDescriptorTail(nn.Module):
         n = keypoints.shape[0]
         if n == 0:
             return torch.zeros(0, self.c2.out_channels)
-        # grid_sample's source coordinates (align_corners=False) of the normalized sampling grid
-        g = (2 * keypoints.float() + 1) / torch.tensor([width, height], dtype=torch.float32) - 1
-        u = ((g + 1) * torch.tensor([w, h], dtype=torch.float32) - 1) / 2
-        x0, y0 = u[:, 0].floor(), u[:, 1].floor()
-        fx, fy = u[:, 0] - x0, u[:, 1] - y0
-        cx = x0.long().view(-1, 1) + torch.tensor([[0, 1, 0, 1]])  # [N, 4] corners
-        cy = y0.long().view(-1, 1) + torch.tensor([[0, 0, 1, 1]])
-        wts = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], 1)
-        wts = wts * ((cx >= 0) & (cx < w) & (cy >= 0) & (cy < h))
-        pos, corner = torch.unique(cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1), return_inverse=True)
-        # each position's 3x3 input patch; taps outside the map hold the input zero point (zero padding)
-        ty = (pos // w).view(-1, 1) + torch.tensor([ky for ky in range(-1, 2) for _ in range(3)])
-        tx = (pos % w).view(-1, 1) + torch.tensor([kx for _ in range(3) for kx in range(-1, 2)])
-        outside = ((ty < 0) | (ty >= h) | (tx < 0) | (tx >= w)).view(-1).nonzero().view(-1)
-        idx = (ty.clamp(0, h - 1) * w + tx.clamp(0, w - 1)).view(-1)
-        patches = d[0].permute(1, 2, 0).reshape(-1, c).index_select(0, idx).index_fill_(0, outside, self.zp_in)
-        p = pos.numel()
+        plan = _sparse_plan_kernel()
+        corner, wts, pos = plan(keypoints.detach().float().numpy(), np.float32(width), np.float32(height), w, h)
+        d_hwc = d[0].permute(1, 2, 0).numpy()  # channels-last storage: a view
+        patches = torch.from_numpy(_gather_patches_kernel()(d_hwc, pos, self.zp_in))  # uint8 [P, 9C]
+        p = pos.shape[0]
         q = self.patch(patches.view(1, p, 1, 9 * c).permute(0, 3, 1, 2))  # uint8 [1, D1, P, 1] channels-last
         y = self.c2(q).permute(0, 2, 3, 1).reshape(p, -1)  # float32 [P, D]
         out = np.empty((n, y.shape[1]), np.float32)
-        _blend_kernel()(y.numpy(), corner.numpy(), wts.numpy(), out)
+        _blend_kernel()(y.numpy(), corner, wts, out)
         return torch.from_numpy(out)
 
 
@@ -846,7 +963,7 @@ class Int8KeypointNet(nn.Module):
         cell = self.cfg.cell
         if h % cell or w % cell:
             raise ValueError(f"input size must be a multiple of {cell}, got {w}x{h}")
-        q = self.stem(self.quantize_image(x))  # already in space-to-depth layout (ExactStem)
+        q = self.stem(x)  # quantizes the image on the way; already in space-to-depth layout (ExactStem)
         for i, (regrid, pool, blocks) in enumerate(self.stages):
             q, neg = pool(regrid(q if i == 0 else space_to_depth(q)))
             for block in blocks:
