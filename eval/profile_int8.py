@@ -6,8 +6,8 @@ Every module of the converted network (:mod:`zippy.quant.int8`) and the layout h
 top-k), ``describe`` (the descriptor head's last convs at the keypoints) and binarization. Each
 module's *self* time is its time minus its timed children's, so the per-stage sums add up to the
 total. Stages: stem, the three encoder stages, the 1/8 block, the score / position heads, the
-descriptor head, descriptors at keypoints, glue (image quantization, sigmoid, cell coordinates) and
-post-processing.
+descriptor head, descriptors at keypoints, glue (image quantization, sigmoid, cell coordinates, the
+driver's own time) and post-processing.
 
 Writes ``summary.json``, ``summary.md`` (stage table and the slowest layers) and ``stages.png``.
 
@@ -177,7 +177,8 @@ def profile_network(net: nn.Module, frames: Sequence[np.ndarray], max_keypoints:
     stages = dict.fromkeys(STAGES, 0.0)
     layers = []
     for name, self_s in timers.self_time.items():
-        if name == "frame":
+        if name == "frame":  # the driver's own time between the timed steps (and any preemption there)
+            stages["glue"] += 1e3 * self_s / n
             continue
         # the self time of detect / describe is their own code: image quantization, sigmoid, coordinates
         stage = "glue" if name in ("detect", "describe") else stage_of(name)
