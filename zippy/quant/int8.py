@@ -199,12 +199,8 @@ def _int8_weights(conv: QConv2d) -> tuple[torch.Tensor, torch.Tensor]:
 def _pad_with(x: torch.Tensor, pad: int, value: int) -> torch.Tensor:
     """uint8 [B, C, H, W] channels-last -> [B, C, H + 2 pad, W + 2 pad] channels-last, the border = value."""
     b, c, h, w = x.shape
-    out = torch.empty((b, h + 2 * pad, w + 2 * pad, c), dtype=x.dtype).permute(0, 3, 1, 2)
-    out[:, :, :pad].fill_(value)
-    out[:, :, h + pad :].fill_(value)
-    out[:, :, pad : h + pad, :pad].fill_(value)
-    out[:, :, pad : h + pad, w + pad :].fill_(value)
-    out[:, :, pad : h + pad, pad : w + pad].copy_(x)
+    out = torch.full((b, h + 2 * pad, w + 2 * pad, c), value, dtype=x.dtype).permute(0, 3, 1, 2)
+    out[:, :, pad : h + pad, pad : w + pad] = x
     return out
 
 
