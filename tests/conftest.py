@@ -39,17 +39,29 @@ def photo() -> np.ndarray:
     return skimage.data.astronaut()
 
 
-@pytest.fixture(scope="session")
-def calibrated_zippypoint():
-    """An untrained zippypoint network whose EMA quantization ranges were calibrated on a few images."""
+def _calibrated_zippypoint(seed: int = 0, **config):
+    """An untrained zippypoint network (ModelConfig fields ``config``) in eval mode, its EMA quantization
+    ranges calibrated on a few random images."""
     import torch
 
     from zippy.models import KeypointNet, ModelConfig
 
-    torch.manual_seed(0)
-    model = KeypointNet(ModelConfig(backbone="zippypoint"))
+    torch.manual_seed(seed)
+    model = KeypointNet(ModelConfig(backbone="zippypoint", **config))
     model.train()
     with torch.no_grad():
         for _ in range(2):
             model(torch.rand(2, 3, 64, 96))
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def make_calibrated_zippypoint():
+    """Factory of calibrated untrained zippypoint networks: ``make(seed=0, **model_config_fields)``."""
+    return _calibrated_zippypoint
+
+
+@pytest.fixture(scope="session")
+def calibrated_zippypoint(make_calibrated_zippypoint):
+    """An untrained zippypoint network whose EMA quantization ranges were calibrated on a few images."""
+    return make_calibrated_zippypoint()

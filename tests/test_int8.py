@@ -190,15 +190,9 @@ def test_outputs_match_fake_quant(calibrated_zippypoint, net):
     assert ((out["desc"] - ref["desc"]).abs() < 1e-3).float().mean() > 0.99
 
 
-def test_narrow_network_converts_and_matches_fake_quant():
+def test_narrow_network_converts_and_matches_fake_quant(make_calibrated_zippypoint):
     """Widths below 29 channels: the binary convs' outputs (|y| <= 9 C_in) never reach 255."""
-    torch.manual_seed(4)
-    model = KeypointNet(ModelConfig(backbone="zippypoint", widths=(16, 32, 64), feat_dim=64))
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.rand(2, 3, 64, 96))
-    model.eval()
+    model = make_calibrated_zippypoint(seed=4, widths=(16, 32, 64), feat_dim=64)
     x = torch.rand(1, 3, 64, 96)
     with torch.inference_mode():
         ref, out = model(x), int8.convert(model)(x)
