@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from zippy.extractor import Extractor
 from zippy.models import KeypointNet, ModelConfig
-from zippy.postprocess import cell_nms, packed_topk
+from zippy.postprocess import packed_topk, select_keypoints
 from zippy.quant import int8, set_fake_quant
 from zippy.quant.layers import ActQuant, BinaryConv2d, QConv2d
 from zippy.quant.packing import is_packed, pack_state_dict, state_dict_nbytes, unpack_state_dict
@@ -307,20 +307,45 @@ def _nms_brute(score, coords, radius, reach=2):
     return keep
 
 
-def test_cell_nms_hand_case_and_brute_force():
-    score = torch.tensor([[0.9, 0.8, 0.5], [0.5, 0.5, 0.0]])
-    coords = torch.tensor([[[7.0, 10.0, 30.0], [10.5, 12.0, 20.0]], [[3.5, 4.0, 3.0], [12.0, 13.5, 11.0]]])
+def _select_brute(score, coords, radius, width=1000, height=1000, max_keypoints=10_000, threshold=None):
+    """The definition of select_keypoints: brute-force NMS, inside the image, threshold, stable sort."""
+    keep = _nms_brute(score, coords, radius) if radius > 0 else score > 0
+    keep &= (coords[0] <= width - 1) & (coords[1] <= height - 1)
+    if threshold is not None:
+        keep &= score >= threshold
+    flat = np.flatnonzero(keep)
+    flat = flat[np.argsort(-score.ravel()[flat], kind="stable")][:max_keypoints]
+    return coords.reshape(2, -1)[:, flat].T, score.ravel()[flat]
+
+
+def _select(s, c, radius, width=1000, height=1000, max_keypoints=10_000, threshold=None):
+    kp, sc = select_keypoints(torch.tensor(s), torch.tensor(c), width, height, max_keypoints, threshold, radius)
+    assert kp.dtype == sc.dtype == torch.float32
+    return kp.numpy(), sc.numpy()
+
+
+def test_select_keypoints_hand_case_and_brute_force():
+    score = np.array([[0.9, 0.8, 0.5], [0.5, 0.5, 0.0]], np.float32)
+    coords = np.array([[[7.0, 10.0, 30.0], [10.5, 12.0, 20.0]], [[3.5, 4.0, 3.0], [12.0, 13.5, 11.0]]], np.float32)
     # (0,1) is 3.04 px from the better (0,0): suppressed; (1,1) is 2.12 px from (1,0), equal score, higher
     # flat index: suppressed; (1,2) has score 0: never kept; all other pairs are > 4 px apart
-    assert cell_nms(score, coords, 4.0).tolist() == [[True, False, True], [True, False, False]]
+    kp, sc = _select(score, coords, 4.0)
+    assert sc.tolist() == pytest.approx([0.9, 0.5, 0.5])  # (0,0), then the tie (0,2) before (1,0)
+    assert kp.tolist() == [[7.0, 3.5], [30.0, 3.0], [10.5, 12.0]]
+    assert len(_select(score, coords, 0.0)[1]) == 5  # no NMS: every positive score
     rng = np.random.default_rng(0)
-    for trial in range(3):
+    for trial in range(4):
         hc, wc = 6 + trial, 9
-        s = np.round(rng.random((hc, wc)) * 4) / 4  # many ties
+        s = (np.round(rng.random((hc, wc)) * 4) / 4).astype(np.float32)  # many ties
         base = np.stack(np.meshgrid(np.arange(wc) * 8 + 3.5, np.arange(hc) * 8 + 3.5))
-        c = base + rng.uniform(-7, 7, (2, hc, wc))
-        got = cell_nms(torch.tensor(s, dtype=torch.float32), torch.tensor(c, dtype=torch.float32), 4.0)
-        assert np.array_equal(got.numpy(), _nms_brute(s.astype(np.float32), c.astype(np.float32), 4.0))
+        c = (base + rng.uniform(-7, 7, (2, hc, wc))).astype(np.float32)
+        for args in [(4.0,), (6.5, 60, 40, 7), (3.0, 1000, 1000, 10_000, 0.5), (0.0, 50, 50, 3)]:
+            got, want = _select(s, c, *args), _select_brute(s, c, *args)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), (trial, args)
+    empty = _select(np.zeros((3, 4), np.float32), np.zeros((2, 3, 4), np.float32), 4.0)
+    assert empty[0].shape == (0, 2) and empty[1].shape == (0,)
+    with pytest.raises(ValueError, match="expected score"):
+        select_keypoints(torch.zeros(3, 4), torch.zeros(2, 4, 3), 10, 10, 5, None, 4.0)
 
 
 def test_packed_topk_ties_lowest_index_first():
@@ -331,9 +356,10 @@ def test_packed_topk_ties_lowest_index_first():
     assert out.tolist() == [[0b11010100, 0b00000000], [0b00000000, 0b00001111]]
     rng = np.random.default_rng(1)
     d = torch.tensor(np.round(rng.normal(size=(50, 256)) * 2) / 2, dtype=torch.float32)
-    order = torch.sort(d, dim=-1, descending=True, stable=True).indices[:, :64]
-    bits = torch.zeros_like(d, dtype=torch.bool).scatter_(1, order, True)
-    assert torch.equal(packed_topk(d, 64), torch.from_numpy(np.packbits(bits.numpy(), axis=-1)))
+    for k in (1, 64, 200, 255):
+        order = torch.sort(d, dim=-1, descending=True, stable=True).indices[:, :k]
+        bits = torch.zeros_like(d, dtype=torch.bool).scatter_(1, order, True)
+        assert torch.equal(packed_topk(d, k), torch.from_numpy(np.packbits(bits.numpy(), axis=-1))), k
     assert packed_topk(torch.zeros(0, 256), 64).shape == (0, 32)
     with pytest.raises(ValueError, match="k must be"):
         packed_topk(x, 16)

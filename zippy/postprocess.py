@@ -1,7 +1,7 @@
 """Post-processing of network outputs: cell NMS, threshold, top-k, descriptor sampling and binarization.
 
 Everything works on one image at a time on small tensors (one candidate per 8x8 cell), so it costs
-little next to the network.
+little next to the network; the cell NMS and selection run in one numba pass (:mod:`zippy._post_kernels`).
 """
 
 from __future__ import annotations
@@ -10,49 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zippy._post_kernels import select_cells
 from zippy.binarize import bits_to_packed, hard_topk
 
-__all__ = ["cell_nms", "finalize_descriptors", "sample_descriptors", "select_keypoints"]
-
-
-def cell_nms(score: torch.Tensor, coords: torch.Tensor, radius: float, reach: int = 2) -> torch.Tensor:
-    """Non-maximum suppression between the keypoints of neighbouring cells.
-
-    A cell's keypoint is suppressed when a keypoint of a cell at most ``reach`` cells away lies within
-    ``radius`` px and has a higher score (equal scores: the lower flat index wins). With offsets of at
-    most +-7 px (cell 8, cross ratio 2) reach = 2 covers every radius up to 10 px. Cells with score
-    <= 0 (the masked border) are never kept. One pass: a suppressed keypoint still suppresses others.
-
-    Args:
-        score: float [hc, wc] cell scores.
-        coords: float [2, hc, wc] keypoint (x, y) per cell.
-        radius: suppression radius in px (<= 0 disables NMS).
-
-    Returns:
-        bool [hc, wc], True where the keypoint survives.
-    """
-    hc, wc = score.shape
-    keep = score > 0
-    if radius <= 0:
-        return keep
-    r = int(reach)
-    # neighbours outside the map get score -1 and never suppress; the interior is copied exactly
-    s_pad = F.pad(score[None, None], (r,) * 4, value=-1.0)[0, 0]
-    c_pad = F.pad(coords[None], (r,) * 4)[0]
-    x, y = coords[0], coords[1]
-    r2 = float(radius) ** 2
-    suppressed = torch.zeros_like(keep)
-    for di in range(-r, r + 1):
-        for dj in range(-r, r + 1):
-            if di == 0 and dj == 0:
-                continue
-            rows, cols = slice(r + di, r + di + hc), slice(r + dj, r + dj + wc)
-            s_nb = s_pad[rows, cols]
-            # equal scores: the neighbour wins when its flat index is lower
-            better = s_nb >= score if di * wc + dj < 0 else s_nb > score
-            close = (c_pad[0, rows, cols] - x).square_() + (c_pad[1, rows, cols] - y).square_() <= r2
-            suppressed |= better & close
-    return keep & ~suppressed
+__all__ = ["finalize_descriptors", "sample_descriptors", "select_keypoints"]
 
 
 def select_keypoints(
@@ -63,26 +24,38 @@ def select_keypoints(
     max_keypoints: int,
     threshold: float | None,
     nms_radius: float,
+    reach: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keypoints of one image: NMS, inside the original (unpadded) image, threshold, top-k by score.
+    """Keypoints of one image: cell NMS, inside the original (unpadded) image, threshold, top-k by score.
+
+    NMS between the keypoints of neighbouring cells: a cell's keypoint is suppressed when a keypoint of a
+    cell at most ``reach`` cells away lies within ``nms_radius`` px and has a higher score (equal scores:
+    the lower flat index wins). With offsets of at most +-7 px (cell 8, cross ratio 2), reach 2 covers
+    every radius up to 10 px. One pass: a suppressed keypoint still suppresses others. Cells with score
+    <= 0 (the masked border) are never kept; ``nms_radius`` <= 0 disables NMS.
 
     Args:
-        score: float [hc, wc]; coords: float [2, hc, wc] in padded-input pixels.
+        score: float [hc, wc] cell scores.
+        coords: float [2, hc, wc] keypoint (x, y) per cell, in padded-input pixels.
         width, height: the original image size; keypoints outside it (padding) are dropped.
+        max_keypoints: at most this many (the best).
+        threshold: minimum score, or None.
 
     Returns:
-        keypoints float [N, 2] (x, y) and scores float [N], sorted by descending score (ties: lower cell index).
+        keypoints float32 [N, 2] (x, y) and scores float32 [N], sorted by descending score (ties: lower
+        cell index).
     """
-    keep = cell_nms(score, coords, nms_radius)
-    keep &= (coords[0] <= width - 1) & (coords[1] <= height - 1)
-    if threshold is not None:
-        keep &= score >= threshold
-    flat = keep.flatten().nonzero().squeeze(1)
-    s = score.flatten()[flat]
-    order = torch.sort(s, descending=True, stable=True).indices[:max_keypoints]
-    flat = flat[order]
-    kpts = coords.flatten(1)[:, flat].t().contiguous()
-    return kpts, s[order]
+    if score.ndim != 2 or coords.shape != (2, *score.shape):
+        got = f"{tuple(score.shape)} and {tuple(coords.shape)}"
+        raise ValueError(f"expected score [hc, wc] and coords [2, hc, wc], got {got}")
+    s = score.detach().float().numpy()
+    c = coords.detach().float().numpy()
+    r2 = np.float32(float(nms_radius) ** 2) if nms_radius > 0 else np.float32(-1.0)
+    thr = np.float32(-np.inf if threshold is None else threshold)
+    flat = select_cells(s, c, r2, int(reach), np.float32(width - 1), np.float32(height - 1), thr, int(max_keypoints))
+    rows, cols = np.divmod(flat, s.shape[1])
+    kpts = np.ascontiguousarray(c[:, rows, cols].T)
+    return torch.from_numpy(kpts), torch.from_numpy(s[rows, cols])
 
 
 def sample_descriptors(desc: torch.Tensor, keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
