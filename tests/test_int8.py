@@ -159,11 +159,12 @@ def test_stem_quantizes_float_images_as_quantize_image(net):
     assert torch.equal(net.stem(x), net.stem(net.quantize_image(x)))
 
 
-@pytest.mark.parametrize("input_range", [(0.0, 1.0), (-1.0, 1.5)])
-def test_stem_in_space_to_depth_layout_equals_the_dense_exact_chain(input_range):
-    """ExactStem (4x4 windows as one 1x1 conv) = space_to_depth(ExactConv), padding included (zero point != 0)."""
+@pytest.mark.parametrize(("input_range", "in_channels"), [((0.0, 1.0), 3), ((-1.0, 1.5), 3), ((0.0, 1.0), 1)])
+def test_stem_in_space_to_depth_layout_equals_the_dense_exact_chain(input_range, in_channels):
+    """ExactStem (4x4 windows as one 1x1 conv) = space_to_depth(ExactConv), padding included (zero point != 0),
+    in one band and in bands of 3 block rows."""
     torch.manual_seed(11)
-    conv = QConv2d(3, 8, 3, padding=1, input_quant=ActQuant(8, input_range))
+    conv = QConv2d(in_channels, 8, 3, padding=1, input_quant=ActQuant(8, input_range))
     bn = torch.nn.BatchNorm2d(8)
     with torch.no_grad():
         bn.running_mean.normal_(0, 0.3)
@@ -174,8 +175,11 @@ def test_stem_in_space_to_depth_layout_equals_the_dense_exact_chain(input_range)
     conv.eval(), bn.eval()
     stem = int8.ExactStem(conv, bn, "hardswish", out_quant, "stem")
     dense = int8.ExactConv(conv, bn, "hardswish", out_quant, "stem")
-    x = torch.randint(0, 256, (2, 3, 16, 24), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
-    assert torch.equal(stem(x), int8.space_to_depth(dense(x)[0]))
+    x = torch.randint(0, 256, (2, in_channels, 16, 24), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    want = int8.space_to_depth(dense(x)[0])
+    assert torch.equal(stem(x), want)
+    stem.BAND_ELEMENTS = 3 * 12 * 32  # 3 of the 8 block rows (12 blocks of 32 channels each) per band
+    assert torch.equal(stem(x), want)
 
 
 def test_outputs_match_fake_quant(calibrated_zippypoint, net):
