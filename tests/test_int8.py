@@ -159,6 +159,17 @@ def test_stem_quantizes_float_images_as_quantize_image(net):
     assert torch.equal(net.stem(x), net.stem(net.quantize_image(x)))
 
 
+def test_float_conv3x3_equals_conv2d():
+    torch.manual_seed(5)
+    conv = torch.nn.Conv2d(16, 3, 3, padding=1)
+    fc = int8.FloatConv3x3(conv)
+    for shape in [(2, 16, 5, 7), (1, 16, 1, 1), (1, 16, 3, 12)]:
+        x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        out = fc(x)
+        assert out.shape == (shape[0], 3, *shape[2:]) and out.dtype == torch.float32
+        torch.testing.assert_close(out, conv(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(("input_range", "in_channels"), [((0.0, 1.0), 3), ((-1.0, 1.5), 3), ((0.0, 1.0), 1)])
 def test_stem_in_space_to_depth_layout_equals_the_dense_exact_chain(input_range, in_channels):
     """ExactStem (4x4 windows as one 1x1 conv) = space_to_depth(ExactConv), padding included (zero point != 0),

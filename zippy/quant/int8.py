@@ -403,8 +403,8 @@ class FloatConv3x3(nn.Module):
     """A float 3x3 'same' conv with very few output channels (the score / position outputs) as one GEMM.
 
     oneDNN's direct conv is slow for 1-2 output channels; here the input [B, C, H, W] (channels-last)
-    is multiplied by all 9 taps at once ([B*H*W, C] @ [C, 9*O]) and the shifted tap planes are summed.
-    Same result as ``F.conv2d(x, weight, bias, padding=1)`` up to float32 summation order.
+    is multiplied by all 9 taps at once ([B*H*W, C] @ [C, 9*O]) and one numba pass sums the shifted
+    taps. Same result as ``F.conv2d(x, weight, bias, padding=1)`` up to float32 summation order.
     """
 
     def __init__(self, conv: nn.Conv2d):
@@ -415,18 +415,43 @@ class FloatConv3x3(nn.Module):
         self.out_channels = int(w.shape[0])
         self.taps = w.permute(1, 2, 3, 0).reshape(w.shape[1], 9 * self.out_channels).contiguous()
         b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(self.out_channels)
-        self.bias = b.clone()
+        self.bias = b.numpy().copy()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x float [B, C, H, W] (channels-last is fastest) -> float32 [B, O, H, W] contiguous."""
         bsz, c, h, w = x.shape
-        o = self.out_channels
         y = x.permute(0, 2, 3, 1).reshape(-1, c) @ self.taps  # [B*H*W, 9*O]
-        y = y.view(bsz, h, w, 3, 3, o)
-        out = self.bias.view(1, 1, 1, o).repeat(bsz, h + 2, w + 2, 1)
-        for i in range(3):
-            for j in range(3):
-                out[:, 2 - i : h + 2 - i, 2 - j : w + 2 - j] += y[:, :, :, i, j]
-        return out[:, 1 : h + 1, 1 : w + 1].permute(0, 3, 1, 2)
+        y = y.view(bsz, h, w, 3, 3, self.out_channels).numpy()
+        return torch.from_numpy(_tap_sum_kernel()(y, self.bias))
+
+
+@functools.lru_cache(maxsize=1)
+def _tap_sum_kernel():
+    """numba kernel ``tap_sum(y, bias)`` of :class:`FloatConv3x3`: y float32 [B, H, W, 3, 3, O] (tap (i, j) of
+    each input pixel) -> out float32 [B, O, H, W], ``out[b, o, r, c] = bias[o] + sum y[b, r + i - 1, c + j - 1,
+    i, j, o]`` over the taps inside the image, added in tap order (i, j) = (0, 0), (0, 1), ..., (2, 2)."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def tap_sum(y, bias):  # pragma: no cover - compiled
+        bsz, h, w, _, _, o = y.shape
+        out = np.empty((bsz, o, h, w), np.float32)
+        for b in range(bsz):
+            for k in range(o):
+                for r in range(h):
+                    for c in range(w):
+                        v = bias[k]
+                        for i in range(3):
+                            rr = r + i - 1
+                            if 0 <= rr < h:
+                                for j in range(3):
+                                    cc = c + j - 1
+                                    if 0 <= cc < w:
+                                        v += y[b, rr, cc, i, j, k]
+                        out[b, k, r, c] = v
+        return out
+
+    return tap_sum
 
 
 class Regrid(nn.Module):
