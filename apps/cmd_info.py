@@ -29,15 +29,19 @@ def layer_table(model) -> list[tuple[str, str, str, int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zippy.models import KeypointNet, ModelConfig, available, count_parameters
-    from zippy.weights import load_weights
+    import zippy
+    from zippy.models import KeypointNet, ModelConfig, count_parameters
+    from zippy.weights import load_weights, shipped_weights
 
-    if args.name not in available():
-        raise ValueError(f"unknown model {args.name!r}; choose one of {available()}")
+    names = zippy.available_models()
+    if args.name not in names:
+        raise ValueError(f"unknown model {args.name!r}; choose one of {names}")
     meta = {}
-    cfg = ModelConfig(backbone=args.name)
-    if args.weights:
-        cfg, _, meta = load_weights(args.weights)
+    weights = args.weights or shipped_weights(args.name)
+    if weights:
+        cfg, _, meta = load_weights(weights)
+    else:
+        cfg = ModelConfig(backbone=args.name)
     model = KeypointNet(cfg)
     counts = count_parameters(model)
     print(f"{cfg.backbone}: {counts['total'] / 1e6:.2f} M parameters")

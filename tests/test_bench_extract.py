@@ -33,6 +33,12 @@ def test_target_checks_compare_the_right_cells() -> None:
     assert checks["int8_240x320_extract_plus_match_ms"] == pytest.approx(19.5)
     assert checks["int8_240x320_under_20ms"] is True
     assert "int8_faster_than_sift" not in target_checks(rows[:2])  # missing cell: no verdict
+    assert not any(k.startswith("small_") for k in checks)  # no narrow variant in this run
+    small = "zippypoint_small-int8"
+    rows += [_row(small, 480, 55.0, network=50.0), _row(small, 240, 19.0, match=1.5)]
+    checks = target_checks(rows)
+    assert checks["small_int8_faster_than_akaze"] is True and checks["int8_faster_than_akaze"] is False
+    assert checks["small_int8_240x320_under_20ms"] is False and checks["int8_240x320_under_20ms"] is True
 
 
 def test_small_run_writes_json_table_and_plot(shared_data: Path, tmp_path: Path) -> None:

@@ -32,6 +32,23 @@ def test_load_unknown_name_and_missing_weights(tmp_path) -> None:
         zippy.load("zippypoint", weights=tmp_path / "nothere.pt")
 
 
+def test_shipped_variant_loads_by_name(tmp_path, monkeypatch) -> None:
+    """A weights/<name>.pt file is a model name: its config (backbone, widths) comes from the file."""
+    from zippy.models import KeypointNet, ModelConfig
+    from zippy.weights import save_weights
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="kp2d", widths=(8, 16, 32), feat_dim=32)
+    save_weights(tmp_path / "kp2d_tiny.pt", KeypointNet(cfg))
+    monkeypatch.setenv("ZIPPY_WEIGHTS_DIR", str(tmp_path))
+    assert "kp2d_tiny" in zippy.available_models() and "zippypoint" in zippy.available_models()
+    ex = zippy.load("kp2d_tiny")
+    assert ex.trained and ex.model.cfg == cfg and ex.weights_path == tmp_path / "kp2d_tiny.pt"
+    assert len(ex.extract(np.zeros((64, 64, 3), np.uint8) + 100, max_keypoints=10)) <= 10
+    with pytest.raises(ValueError, match="kp2d_tiny"):  # the message lists the shipped names
+        zippy.load("kp2d_huge")
+
+
 def test_features_shapes_and_dtypes(zp: Extractor, rng_image: np.ndarray) -> None:
     f = zp.extract(rng_image, max_keypoints=50)
     assert isinstance(f, Features)

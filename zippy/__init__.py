@@ -26,12 +26,13 @@ if TYPE_CHECKING:
 
 
 def load(name: str = "zippypoint", *, weights: Any = None, engine: str = "auto") -> Extractor:
-    """Build an extractor by backbone name (see :func:`available_models`).
+    """Build an extractor by model name (see :func:`available_models`).
 
     Args:
-        name: a registered backbone, e.g. "zippypoint" (binary + 8-bit) or "kp2d" (float).
+        name: a registered backbone, e.g. "zippypoint" (binary + 8-bit) or "kp2d" (float), or a shipped
+            variant of one, e.g. "zippypoint_small" (narrower and faster; weights/MODEL_CARD.md).
         weights: path of a weights file; None takes the shipped weights of ``name`` from weights/
-            (untrained random weights, with a warning, when none ship).
+            (for a backbone without shipped weights: untrained random weights, with a warning).
         engine: "auto" (int8 where supported, else fp32), "int8", "fp32" (fake-quant network in float), "onnx".
 
     Raises:
@@ -44,7 +45,8 @@ def load(name: str = "zippypoint", *, weights: Any = None, engine: str = "auto")
 
 
 def available_models() -> list[str]:
-    """Names of the registered backbones."""
+    """Names :func:`load` takes: the registered backbones and the shipped variants, sorted."""
     from zippy.models import available
+    from zippy.weights import shipped_models
 
-    return available()
+    return sorted(set(available()) | set(shipped_models()))

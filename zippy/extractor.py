@@ -17,7 +17,7 @@ from zippy.features import Features
 from zippy.image import to_tensor
 from zippy.models import KeypointNet, ModelConfig, available
 from zippy.postprocess import finalize_descriptors, sample_descriptors, select_keypoints
-from zippy.weights import build_model, file_sha256, load_weights, shipped_weights
+from zippy.weights import build_model, file_sha256, load_weights, shipped_models, shipped_weights
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,13 @@ class Extractor:
     @classmethod
     def from_name(cls, name: str = "zippypoint", *, weights: Any = None, engine: str = "auto") -> Extractor:
         """See :func:`zippy.load`."""
-        names = available()
-        if name not in names:
-            raise ValueError(f"unknown model {name!r}; choose one of {names}")
+        backbones = available()
+        shipped = shipped_weights(name)
+        if name not in backbones and shipped is None:
+            raise ValueError(f"unknown model {name!r}; choose one of {sorted(set(backbones) | set(shipped_models()))}")
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
-        path = Path(weights) if weights is not None else shipped_weights(name)
+        path = Path(weights) if weights is not None else shipped
         if path is None:
             log.warning("no trained weights ship for %r: using UNTRAINED random weights", name)
             torch.manual_seed(0)

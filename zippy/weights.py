@@ -1,6 +1,8 @@
 """Weights files: ``{"config": dict, "state_dict": dict, "meta": dict}`` saved with torch.save and
 loaded with ``weights_only=True`` and strict keys. Shipped weights live in the repository's weights/
-folder (installed as the ``zippy_weights`` package), named ``<backbone>.pt``.
+folder (installed as the ``zippy_weights`` package): ``<name>.pt`` is the shipped model ``<name>``, a
+backbone name (``zippypoint.pt``) or a variant of one (``zippypoint_small.pt``: the config inside says
+which backbone and widths).
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import torch
 
 from zippy.models import KeypointNet, ModelConfig
 
-__all__ = ["build_model", "file_sha256", "load_model", "load_weights", "save_weights", "shipped_weights"]
+__all__ = [
+    "build_model",
+    "file_sha256",
+    "load_model",
+    "load_weights",
+    "save_weights",
+    "shipped_models",
+    "shipped_weights",
+]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -41,9 +51,15 @@ def weights_dir() -> Path:
 
 
 def shipped_weights(name: str) -> Path | None:
-    """Path of the shipped weights for backbone ``name``, or None when none ship."""
+    """Path of the shipped weights of model ``name`` (a backbone or a variant), or None when none ship."""
     path = weights_dir() / f"{name}.pt"
     return path if path.is_file() else None
+
+
+def shipped_models() -> list[str]:
+    """Names of the shipped models (the ``<name>.pt`` files of :func:`weights_dir`), sorted."""
+    folder = weights_dir()
+    return sorted(p.stem for p in folder.glob("*.pt") if p.is_file()) if folder.is_dir() else []
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
