@@ -485,7 +485,8 @@ def _binary_tail_kernels():
     into a row buffer), then the saturating add as plain arithmetic, which vectorizes.
 
     ``tail_u8(y, s, h, zp, out, neg)``: y uint8 = clamp(conv, 0, 255), h [C, 256] = G[c, F[y]];
-    ``tail_f32(y, s, f, g, zp, out, neg)``: y float32 exact integers, F over [0, len(f)).
+    ``tail_f32(y, s, h, zp, out, neg)``: y float32 exact integers, h [C, K] = G[c, F[y]] over y in [0, K)
+    (y clamped to that range: below 0 the ReLU gives F(0)).
     Both: t = s + table value, out = clamp(t - zp, 0, 255), neg = (out < zp).
     """
     import numba
@@ -507,14 +508,14 @@ def _binary_tail_kernels():
             saturate(s, buf, np.int32(zp), out, neg, i)
 
     @numba.njit(cache=True, nogil=True)
-    def tail_f32(y, s, f, g, zp, out, neg):  # pragma: no cover - compiled
+    def tail_f32(y, s, h, zp, out, neg):  # pragma: no cover - compiled
         n, c = y.shape
-        kmax = np.float32(f.shape[0] - 1)
+        kmax = np.float32(h.shape[1] - 1)
         zero = np.float32(0.0)
         buf = np.empty(c, np.int32)
         for i in range(n):
             for j in range(c):
-                buf[j] = g[j, f[np.int32(min(max(y[i, j], zero), kmax))]]
+                buf[j] = h[j, np.int32(min(max(y[i, j], zero), kmax))]
             saturate(s, buf, np.int32(zp), out, neg, i)
 
     return tail_u8, tail_f32
@@ -700,8 +701,8 @@ class BinaryResidual(nn.Module):
 
     The binary conv runs in oneDNN (exact integers); everything after it is two tables computed from
     the model's own modules: F (integer conv output -> ReLU -> Q_a) and G (per channel: Q_a value ->
-    BN -> Q_res), applied with the residual add in one fused pass that also writes the next binary
-    block's input ``neg = (out < 0)``.
+    BN -> Q_res), composed into one table per channel (H = G[c, F[y]]) and applied with the residual
+    add in one fused pass that also writes the next binary block's input ``neg = (out < 0)``.
     """
 
     def __init__(self, block: Residual, res_quant: ActQuant, where: str):
@@ -730,10 +731,9 @@ class BinaryResidual(nn.Module):
         # y >= 255 all map to F(255) when Q_a saturates by then (range <= 255): y fits uint8 exactly
         self.clamp_uint8 = bool((f_lut[_UINT8_MAX:] == f_lut[_UINT8_MAX]).all())
         self.conv = binary_conv(branch[0], f"{where}.branch.0", clamp_uint8=self.clamp_uint8)
-        if self.clamp_uint8:
-            self.h_lut = np.ascontiguousarray(g_lut[:, f_lut[: _UINT8_MAX + 1]])
-        else:
-            self.f_lut, self.g_lut = f_lut, g_lut
+        # H = G[c, F[y]]: one table per channel over y = 0..255 (uint8 y) or 0..9 * C_in (float32 y)
+        h_lut = g_lut[:, f_lut[: _UINT8_MAX + 1] if self.clamp_uint8 else f_lut]
+        self.h_lut = np.ascontiguousarray(h_lut)
         self.shortcut: nn.Module | None = None
         if not isinstance(block.shortcut, nn.Identity):
             sc = _expect(block.shortcut, nn.Sequential, f"{where}.shortcut")
@@ -755,10 +755,8 @@ class BinaryResidual(nn.Module):
         out = np.empty_like(ss)
         out_neg = np.empty_like(ss)
         tail_u8, tail_f32 = _binary_tail_kernels()
-        if self.clamp_uint8:
-            tail_u8(ys, ss, self.h_lut, self.grid_res.zero_point, out, out_neg)
-        else:
-            tail_f32(ys, ss, self.f_lut, self.g_lut, self.grid_res.zero_point, out, out_neg)
+        tail = tail_u8 if self.clamp_uint8 else tail_f32
+        tail(ys, ss, self.h_lut, self.grid_res.zero_point, out, out_neg)
         return _from_nhwc(out, s), _from_nhwc(out_neg, s)
 
 

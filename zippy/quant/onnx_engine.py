@@ -216,10 +216,10 @@ def _binary_residual(g: _Graph, x: str, block: Any) -> str:
         w = g.const(conv.weight_int8.numpy(), "wbin")
         acc = g.node("ConvInteger", [b, w, g.const(np.uint8(0), "zp"), g.const(np.int8(0), "wzp")], pads=[1] * 4)
         y = g.node("Add", [g.node("Mul", [acc, g.const(np.int32(2), "two")]), g.channel_int(conv.bias)])
-        k = len(block.f_lut)
+        k = block.h_lut.shape[1]
         y = g.node("Clip", [y, g.const(np.int32(0), "lo"), g.const(np.int32(k - 1), "hi")])
         offsets = (np.arange(conv.out_channels, dtype=np.int32) * k).reshape(1, -1, 1, 1)
-        table = block.g_lut[:, block.f_lut].reshape(-1).astype(np.uint8)
+        table = block.h_lut.reshape(-1).astype(np.uint8)
         r = g.node("Gather", [g.const(table, "lut"), g.node("Add", [y, g.const(offsets, "off")])])
     s = (
         x
@@ -235,7 +235,8 @@ def _binary_residual(g: _Graph, x: str, block: Any) -> str:
 def _float_conv(g: _Graph, x: str, fc: Any) -> str:
     o = fc.out_channels
     w = fc.taps.view(-1, 3, 3, o).permute(3, 0, 1, 2).contiguous()  # back to [O, C, 3, 3]
-    return g.node("Conv", [x, g.const(w.numpy(), "w"), g.const(fc.bias.numpy(), "b")], pads=[1, 1, 1, 1])
+    b = np.asarray(fc.bias, np.float32)
+    return g.node("Conv", [x, g.const(w.numpy(), "w"), g.const(b, "b")], pads=[1, 1, 1, 1])
 
 
 def _float_int8conv(g: _Graph, q: str, conv: Any) -> str:
