@@ -54,7 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ransac-threshold", type=float, help="RANSAC threshold in px (default 3 for homography, 1 for essential)"
     )
     parser.add_argument(
-        "--robust", default="magsac", choices=["magsac", "ransac"], help="robust estimator (default magsac)"
+        "--robust",
+        default="fast",
+        choices=["fast", "magsac", "ransac"],
+        help="robust estimator: OpenCV USAC_FAST (default), USAC_MAGSAC or RANSAC",
     )
     parser.add_argument("--fps", type=float, help="frame rate of folders and of the output video if unknown")
     parser.add_argument("--threads", type=int, help="CPU threads for OpenCV and torch (default: library default)")

@@ -142,7 +142,7 @@ def test_image_folder_tum_with_intrinsics() -> None:
 # ------------------------------------------------------------------------------------------- geometry
 
 
-@pytest.mark.parametrize("robust", ["magsac", "ransac"])
+@pytest.mark.parametrize("robust", ["fast", "magsac", "ransac"])
 def test_relative_pose_recovers_known_motion(robust: str) -> None:
     rng = np.random.default_rng(0)
     K = np.array([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
@@ -187,7 +187,7 @@ class CodeExtractor:
         return Features(self.positions[idx], np.ones(len(idx), np.float32), self.codes[idx], (320, 240))
 
 
-@pytest.mark.parametrize("robust", ["magsac", "ransac"])
+@pytest.mark.parametrize("robust", ["fast", "magsac", "ransac"])
 def test_keyframes_and_track_ids(robust: str) -> None:
     extractor = CodeExtractor()
     tracker = Tracker(extractor, keyframe_ratio=0.5, robust=robust)
