@@ -39,12 +39,19 @@ def photo() -> np.ndarray:
     return skimage.data.astronaut()
 
 
-def _calibrated_zippypoint(seed: int = 0, **config):
+def _calibrated_zippypoint(seed: int = 0, *, unsaturated: bool = False, **config):
     """An untrained zippypoint network (ModelConfig fields ``config``) in eval mode, its EMA quantization
-    ranges calibrated on a few random images."""
+    ranges calibrated on a few random images.
+
+    ``unsaturated``: binary blocks whose conv output can exceed 255 (9 * C_in > 255) get a post-ReLU range
+    up to 9 * C_in, as trained networks have, so the int8 engine needs their exact int32 outputs (calibration
+    on random images leaves ranges that saturate below 255, where uint8 outputs suffice).
+    """
     import torch
 
     from zippy.models import KeypointNet, ModelConfig
+    from zippy.models.layers import Residual
+    from zippy.quant.layers import BinaryConv2d
 
     torch.manual_seed(seed)
     model = KeypointNet(ModelConfig(backbone="zippypoint", **config))
@@ -52,6 +59,11 @@ def _calibrated_zippypoint(seed: int = 0, **config):
     with torch.no_grad():
         for _ in range(2):
             model(torch.rand(2, 3, 64, 96))
+        blocks = [m for m in model.modules() if isinstance(m, Residual) and isinstance(m.branch[0], BinaryConv2d)]
+        for m in blocks if unsaturated else []:
+            cin = m.branch[0].in_channels
+            if 9 * cin > 255:
+                m.branch[2].hi.fill_(9.0 * cin)
     return model.eval()
 
 

@@ -59,6 +59,20 @@ def test_int8_graph_close_to_the_int8_engine(calibrated_zippypoint, images):
     assert kp >= 0.85 and desc >= 0.6  # QLinearConv rounds the folded biases and the heads' grids are calibrated
 
 
+def test_int8_graph_of_a_narrow_network(make_calibrated_zippypoint, images):
+    """The int8 graph in the default run, on a narrow network (quick), with both binary-table forms (uint8
+    conv outputs in the 16- and 32-channel stages, int32 ones in the 64-channel 1/8 blocks)."""
+    from zippy.quant import int8
+
+    model = make_calibrated_zippypoint(seed=4, unsaturated=True, widths=(16, 32, 64), feat_dim=64)
+    tails = {b.clamp_uint8 for b in int8.convert(model).modules() if isinstance(b, int8.BinaryResidual)}
+    assert tails == {True, False}
+    net = onnx_engine.OnnxNet(model, threads=1, calibration=images)
+    assert net.int8 is True
+    kp, desc = _agreement(Extractor(model, engine="int8"), _onnx_extractor(model, net), images)
+    assert kp >= 0.85 and desc >= 0.6
+
+
 def test_float_backbone_gets_the_fp32_graph():
     model = KeypointNet(ModelConfig(backbone="kp2d")).eval()
     net = onnx_engine.OnnxNet(model, threads=1)

@@ -206,11 +206,14 @@ def test_outputs_match_fake_quant(calibrated_zippypoint, net):
 
 
 def test_narrow_network_converts_and_matches_fake_quant(make_calibrated_zippypoint):
-    """Widths below 29 channels: the binary convs' outputs (|y| <= 9 C_in) never reach 255."""
-    model = make_calibrated_zippypoint(seed=4, widths=(16, 32, 64), feat_dim=64)
+    """Widths below 29 channels: the binary convs' outputs (|y| <= 9 C_in) never reach 255; the 64-channel
+    blocks' ranges go beyond 255 (``unsaturated``), so both forms of the binary tail run."""
+    model = make_calibrated_zippypoint(seed=4, unsaturated=True, widths=(16, 32, 64), feat_dim=64)
+    net = int8.convert(model)
+    assert {b.clamp_uint8 for b in net.modules() if isinstance(b, int8.BinaryResidual)} == {True, False}
     x = torch.rand(1, 3, 64, 96)
     with torch.inference_mode():
-        ref, out = model(x), int8.convert(model)(x)
+        ref, out = model(x), net(x)
     assert ((out["score"] - ref["score"]).abs() < 1e-4).float().mean() > 0.99
     assert ((out["desc"] - ref["desc"]).abs() < 1e-3).float().mean() > 0.99
 
