@@ -59,6 +59,7 @@ import copy
 import functools
 import logging
 import platform
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -632,9 +633,10 @@ class ExactStem(nn.Module):
 
     The stem reads 3 channels, where oneDNN's direct 3x3 conv is slow, and its full-resolution output
     was only ever read through :func:`space_to_depth`. Here every 2x2 block of output pixels is one
-    1x1 conv (64 -> 4*C_out, :func:`_s2d_window_weights`) of the block's 4x4 input window (4 bytes per pixel): the same
-    integer products, so the same exact accumulators, in 1.8x the multiplies of a dense layout that
-    oneDNN runs several times faster; the float32 tail then writes the space-to-depth tensor directly.
+    1x1 conv (64 -> 4*C_out, :func:`_s2d_window_weights`) of the block's 4x4 input window, 4 bytes per
+    pixel: the same integer products, so the same exact accumulators, in 2.4x the multiplies of a dense
+    layout (many of them by zero weights) that oneDNN runs several times faster; the float32 tail then
+    writes the space-to-depth tensor directly.
     """
 
     # float32 accumulator values per band (32 MB): one band up to 480x640. Unlike ExactConv's, larger bands
@@ -650,6 +652,8 @@ class ExactStem(nn.Module):
         self.in_channels, self.out_channels = int(n.shape[1]), int(n.shape[0])
         if self.in_channels > STEM_PIXEL_BYTES:
             raise _Unsupported(f"{where}: the stem reads at most {STEM_PIXEL_BYTES} channels, got {self.in_channels}")
+        if sys.byteorder != "little":  # the windows kernel packs channel ch into byte ch of a uint32
+            raise _Unsupported(f"{where}: the stem's window layout needs a little-endian CPU")
         ones = torch.ones(4 * self.out_channels, dtype=torch.float64)
         w = _s2d_window_weights(n)
         self.acc = Int8Conv(w, ones, None, padding=0, grid_in=Grid(1.0, self.grid_in.zero_point), grid_out=None)
