@@ -271,7 +271,7 @@ def run(conf: BenchConfig, output_dir: str | os.PathLike) -> Path:
         **asdict(conf),
         "loop": "zippy stream --headless: read, decode, resize, extract, match prev + keyframe, RANSAC, draw",
         "matcher": "mutual nearest neighbour (Hamming for binary, L2 for float)",
-        "robust": "USAC_FAST homography, 3 px, confidence 0.999, at most 1000 iterations",
+        "robust": "USAC_MAGSAC homography, 3 px, confidence 0.999, at most 1000 iterations",
         "fps_definition": "mean = frames / time; p50 / p90 = 1000 / p50 / p90 frame time (ms)",
         "target_fps": TARGET_FPS,
     }

@@ -43,7 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", type=Path, help="per-frame stats as JSON lines; summary beside it")
     parser.add_argument("--max-frames", type=int, help="stop after N processed frames")
     parser.add_argument("--intrinsics", help="fx,fy,cx,cy in source pixels: essential matrix and relative pose")
-    parser.add_argument("--model", default="zippypoint", help="zippy backbone or baseline (orb, sift, ...)")
+    parser.add_argument(
+        "--model",
+        default="zippypoint_small",
+        help="zippy model (default zippypoint_small, the fast shipped variant; zippypoint: the accurate one) "
+        "or a baseline (orb, sift, ...)",
+    )
     parser.add_argument("--weights", type=Path, help="weights file of a zippy backbone (default: shipped)")
     parser.add_argument("--engine", default="auto", help="zippy engine: auto, int8, fp32, onnx (default auto)")
     parser.add_argument("--max-keypoints", type=int, default=500, help="keypoints per frame (default 500)")
@@ -55,9 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--robust",
-        default="fast",
-        choices=["fast", "magsac", "ransac"],
-        help="robust estimator: OpenCV USAC_FAST (default), USAC_MAGSAC or RANSAC",
+        default="magsac",
+        choices=["magsac", "fast", "ransac"],
+        help="robust estimator: OpenCV USAC_MAGSAC (default), USAC_FAST or RANSAC",
     )
     parser.add_argument("--fps", type=float, help="frame rate of folders and of the output video if unknown")
     parser.add_argument("--threads", type=int, help="CPU threads for OpenCV and torch (default: library default)")

@@ -4,7 +4,7 @@ The Python API of ``zippy stream``: :func:`track` opens a source and returns a :
 iterator of :class:`FrameResult` (one per processed frame) that a caller can plug into its own code,
 e.g. a SLAM front end::
 
-    extractor = zippy.load("zippypoint")
+    extractor = zippy.load("zippypoint_small")  # the fast variant, `zippy stream`'s default
     with track("video.mp4", extractor, size=(240, 320)) as stream:
         for r in stream:
             print(r.index, len(r.features), r.to_prev.num_inliers if r.to_prev else 0)
@@ -60,7 +60,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 STAGES = ("read", "resize", "extract", "match", "geometry")
 """Stage names of :attr:`FrameResult.times`, in order."""
 
-ROBUST_METHODS = ("fast", "magsac", "ransac")
+ROBUST_METHODS = ("magsac", "fast", "ransac")
 MAX_ITERS = 1000
 CONFIDENCE = 0.999
 
@@ -445,14 +445,14 @@ class Tracker:
             are estimated instead of a homography.
         ransac_threshold: RANSAC inlier threshold in pixels: homography reprojection error, or for the
             essential matrix the point-to-epipolar-line distance (default 3 px and 1 px respectively).
-        robust: "fast" (OpenCV USAC_FAST, default), "magsac" (USAC_MAGSAC) or "ransac" (classic RANSAC);
+        robust: "magsac" (OpenCV USAC_MAGSAC, default), "fast" (USAC_FAST) or "ransac" (classic RANSAC);
             homographies through :func:`zippy.geometry.estimate_homography`. All stop at 99.9% confidence
             or 1000 iterations. Classic RANSAC is far slower at the low inlier ratios of real sequences:
             on the TUM sequence at 240x320 with ORB, 20-90 ms per homography against ~1 ms for MAGSAC,
-            and up to 1.2 s per essential matrix against ~20 ms. USAC_FAST against MAGSAC, zippypoint
-            features at 240x320 (session 6, same process): synthetic video 0.74 vs 1.02 ms per homography
-            with 99.0 vs 97.5 % of the frames within 3 px; TUM 0.87 vs 1.25 ms with as many inliers
-            (30.4 vs 28.7); essential matrices about as slow (30 vs 33 ms).
+            and up to 1.2 s per essential matrix against ~20 ms. USAC_FAST saves ~0.3 ms per homography
+            (zippypoint features at 240x320: 0.74 against 1.02 ms) but is less accurate on the test's
+            generated video (frames within 3 px, 500 keypoints: 89.7 % against 100 % with
+            zippypoint_small, 97.4 % against 100 % with zippypoint), so MAGSAC stays the default.
         matcher: (d0, d1) -> int64 [K, 2]; default :func:`default_matcher` by descriptor type.
     """
 
@@ -464,7 +464,7 @@ class Tracker:
         keyframe_ratio: float = 0.5,
         intrinsics: tuple[float, float, float, float] | None = None,
         ransac_threshold: float | None = None,
-        robust: str = "fast",
+        robust: str = "magsac",
         matcher: Matcher | None = None,
     ):
         if not callable(getattr(extractor, "extract", None)):
@@ -625,7 +625,7 @@ def _homography(p0: np.ndarray, p1: np.ndarray, threshold: float, robust: str) -
 
 
 def _relative_pose(
-    p0: np.ndarray, p1: np.ndarray, K: np.ndarray, threshold: float, robust: str = "fast"
+    p0: np.ndarray, p1: np.ndarray, K: np.ndarray, threshold: float, robust: str = "magsac"
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray]:
     """Essential matrix and the pose recovered from it: (E, R, t, inlier mask bool [N]); Nones on failure.
 
@@ -683,7 +683,7 @@ class Stream:
         max_frames: int | None = None,
         fps: float | None = None,
         ransac_threshold: float | None = None,
-        robust: str = "fast",
+        robust: str = "magsac",
         matcher: Matcher | None = None,
     ):
         if size is not None:
@@ -802,7 +802,7 @@ def track(source: Any, extractor: Extractor, **kwargs: Any) -> Stream:
             first frame's size), ``max_keypoints=500``, ``keyframe_ratio=0.5``, ``intrinsics=None``
             ((fx, fy, cx, cy) or "fx,fy,cx,cy" in source pixels: switches to essential matrix and
             relative pose), ``max_frames=None``, ``fps=None``, ``ransac_threshold=None`` (3 px for
-            homographies, 1 px for the essential matrix), ``robust="fast"`` (or "magsac", "ransac"), ``matcher=None``.
+            homographies, 1 px for the essential matrix), ``robust="magsac"`` (or "fast", "ransac"), ``matcher=None``.
 
     Returns:
         A :class:`Stream`: iterate it for :class:`FrameResult` objects; close it (or use ``with``)

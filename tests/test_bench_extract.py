@@ -36,7 +36,10 @@ def test_target_checks_compare_the_right_cells() -> None:
     assert not any(k.startswith("small_") for k in checks)  # no narrow variant in this run
     small = "zippypoint_small-int8"
     rows += [_row(small, 480, 55.0, network=50.0), _row(small, 240, 19.0, match=1.5)]
+    rows.append(_row("zippypoint_small-fp32", 480, 240.0, network=230.0))
     checks = target_checks(rows)
+    assert checks["small_int8_speedup_network_480x640"] == pytest.approx(230 / 50)
+    assert checks["small_int8_speedup_target_5x_met"] is False
     assert checks["small_int8_faster_than_akaze"] is True and checks["int8_faster_than_akaze"] is False
     assert checks["small_int8_240x320_under_20ms"] is False and checks["int8_240x320_under_20ms"] is True
 

@@ -80,7 +80,7 @@ def _video_frames(path: Path) -> int:
 # ------------------------------------------------------------------------------------------- accuracy
 
 
-@pytest.mark.parametrize("method", ["orb", "zippypoint"])
+@pytest.mark.parametrize("method", ["orb", "zippypoint", "zippypoint_small"])
 def test_synthetic_video_homographies_and_outputs(method: str, synthetic, tmp_path: Path) -> None:
     video, gt = synthetic
     extractor = _extractor(method)
