@@ -47,6 +47,10 @@ def test_shipped_variant_loads_by_name(tmp_path, monkeypatch) -> None:
     assert len(ex.extract(np.zeros((64, 64, 3), np.uint8) + 100, max_keypoints=10)) <= 10
     with pytest.raises(ValueError, match="kp2d_tiny"):  # the message lists the shipped names
         zippy.load("kp2d_huge")
+    (tmp_path / "sub").mkdir()
+    save_weights(tmp_path / "sub" / "x.pt", KeypointNet(cfg))
+    with pytest.raises(ValueError, match="unknown model"):  # names are file stems, never paths
+        zippy.load("sub/x")
 
 
 def test_features_shapes_and_dtypes(zp: Extractor, rng_image: np.ndarray) -> None:

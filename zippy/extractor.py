@@ -17,7 +17,7 @@ from zippy.features import Features
 from zippy.image import to_tensor
 from zippy.models import KeypointNet, ModelConfig, available
 from zippy.postprocess import finalize_descriptors, sample_descriptors, select_keypoints
-from zippy.weights import build_model, file_sha256, load_weights, shipped_models, shipped_weights
+from zippy.weights import build_model, file_sha256, load_weights, shipped_weights
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ class Extractor:
         backbones = available()
         shipped = shipped_weights(name)
         if name not in backbones and shipped is None:
-            raise ValueError(f"unknown model {name!r}; choose one of {sorted(set(backbones) | set(shipped_models()))}")
+            from zippy import available_models
+
+            raise ValueError(f"unknown model {name!r}; choose one of {available_models()}")
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
         path = Path(weights) if weights is not None else shipped

@@ -52,6 +52,8 @@ def weights_dir() -> Path:
 
 def shipped_weights(name: str) -> Path | None:
     """Path of the shipped weights of model ``name`` (a backbone or a variant), or None when none ship."""
+    if not name or Path(name).name != name or name.startswith("."):
+        return None  # a plain file stem only: never a path out of the weights folder
     path = weights_dir() / f"{name}.pt"
     return path if path.is_file() else None
 
