@@ -637,7 +637,9 @@ def _relative_pose(
     none = (None, None, None, np.zeros(n, bool))
     if n < 5:
         return none
-    method = {"fast": cv2.USAC_FAST, "magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}[robust]
+    from zippy.geometry import robust_flag
+
+    method = robust_flag(robust)
     try:
         E, mask = cv2.findEssentialMat(p0, p1, K, method, CONFIDENCE, threshold, MAX_ITERS)
         if E is None or mask is None or E.shape[0] < 3:

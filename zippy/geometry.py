@@ -16,6 +16,7 @@ __all__ = [
     "corner_error",
     "estimate_homography",
     "random_homography",
+    "robust_flag",
     "scale_homography",
     "visible_mask",
     "warp_points",
@@ -61,6 +62,17 @@ def corner_error(H_est: np.ndarray | None, H_gt: np.ndarray, width: int, height:
     return float(np.mean(d)) if np.isfinite(d).all() else float("inf")
 
 
+def robust_flag(method: str) -> int:
+    """OpenCV's flag for a robust estimator name: "ransac" (cv2.RANSAC), "magsac" (cv2.USAC_MAGSAC) or
+    "fast" (cv2.USAC_FAST); unknown names raise ValueError listing the choices."""
+    import cv2
+
+    flags = {"ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC, "fast": cv2.USAC_FAST}
+    if method not in flags:
+        raise ValueError(f"unknown robust method {method!r}; choose one of {sorted(flags)}")
+    return flags[method]
+
+
 def estimate_homography(
     pts0: np.ndarray,
     pts1: np.ndarray,
@@ -77,9 +89,7 @@ def estimate_homography(
     """
     import cv2
 
-    methods = {"ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC, "fast": cv2.USAC_FAST}
-    if method not in methods:
-        raise ValueError(f"unknown robust method {method!r}; choose one of {sorted(methods)}")
+    flag = robust_flag(method)
     n = len(pts0)
     if n < 4:
         return None, np.zeros(n, bool)
@@ -87,7 +97,7 @@ def estimate_homography(
         H, mask = cv2.findHomography(
             np.asarray(pts0, np.float64),
             np.asarray(pts1, np.float64),
-            methods[method],
+            flag,
             threshold,
             maxIters=max_iters,
             confidence=confidence,
