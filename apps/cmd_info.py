@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = ModelConfig(backbone=args.name)
     model = KeypointNet(cfg)
     counts = count_parameters(model)
-    print(f"{cfg.backbone}: {counts['total'] / 1e6:.2f} M parameters")
+    backbone = "" if args.name == cfg.backbone else f" (backbone {cfg.backbone}, widths {list(cfg.widths)})"
+    print(f"{args.name}{backbone}: {counts['total'] / 1e6:.2f} M parameters")
     for k in ("binary", "8bit", "float"):
         print(f"  {k:>6}: {counts[k] / 1e6:.3f} M ({100 * counts[k] / counts['total']:.1f} %)")
     kind = f"binary {cfg.desc_dim} bits, {cfg.desc_ones} ones" if model.binary_descriptors else f"float {cfg.desc_dim}"

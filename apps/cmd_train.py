@@ -66,6 +66,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="{}",
         help="JSON ModelConfig fields, e.g. '{\"feat_dim\": 128}' for the light heads (default: the paper's sizes)",
     )
+    p.add_argument(
+        "--augment",
+        default="{}",
+        help='JSON AugmentConfig overrides, e.g. \'{"gamma": 0.9, "shade": 0.6}\' for illumination changes '
+        "(see zippy.train.data.AugmentConfig; the crop is --crop)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--no-progress", action="store_true")
@@ -101,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown backbone {args.backbone!r}; choose one of {available()}")
     loss, options = _json_object("--loss", args.loss), _json_object("--options", args.options)
     model = _json_object("--model", args.model)
+    augment = _json_object("--augment", args.augment)
     try:
         crop = tuple(int(v) for v in args.crop.lower().split("x"))
     except ValueError:
@@ -130,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         loss=loss,
         crop=crop,
         photo_short_side=pss,
+        augment=augment,
         ste=args.ste,
         float_warmup_steps=args.float_warmup_steps,
         distill=args.distill,

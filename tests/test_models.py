@@ -108,3 +108,13 @@ def test_space_to_depth_matches_pixel_unshuffle() -> None:
 
     x = torch.randn(2, 5, 8, 12)
     assert torch.equal(SpaceToDepth()(x), torch.nn.functional.pixel_unshuffle(x, 2))
+
+
+def test_info_names_the_model_and_its_backbone(capsys) -> None:
+    from zippy_apps.cli import main
+
+    assert main(["info", "zippypoint_small"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.startswith("zippypoint_small (backbone zippypoint, widths [16, 32, 64]): ")
+    assert main(["info", "kp2d"]) == 0
+    assert capsys.readouterr().out.startswith("kp2d: ")

@@ -341,3 +341,32 @@ def test_model_config_sets_the_network_size(image_folder: Path, tmp_path: Path) 
     assert cfg.feat_dim == 64 and state["score_head.0.0.weight"].shape[:2] == (64, 64)
     with pytest.raises(ValueError, match="backbone"):
         train(TrainConfig(out_dir=str(tmp_path / "x"), model_config={"backbone": "kp2d"}, **common), progress=False)
+
+
+def test_illumination_changes_keep_the_image_order_and_range() -> None:
+    from zippy.train.data import photometric
+
+    rng = np.random.default_rng(0)
+    img = np.repeat(np.linspace(0, 255, 96 * 64).reshape(64, 96, 1), 3, axis=2).astype(np.uint8)  # a ramp
+    off = {"brightness": 0, "contrast": 0, "saturation": 0, "hue_deg": 0, "blur_prob": 0, "noise_std": 0}
+    plain = photometric(img, rng, AugmentConfig(**off))
+    assert np.allclose(plain, img.astype(np.float32) / 255, atol=1.5 / 255)  # up to the HSV round trip
+    changed = photometric(img, np.random.default_rng(1), AugmentConfig(**off, gamma=0.9, channel_gain=0.3))
+    assert changed.dtype == np.float32 and changed.min() >= 0 and changed.max() <= 1
+    assert not np.allclose(changed, plain, atol=0.02)
+    # gamma and channel gains are monotonic per channel: the ramp stays ordered (clipping may tie at 1)
+    assert (np.diff(changed[..., 0].ravel()) >= 0).all()
+    shaded = photometric(img, np.random.default_rng(2), AugmentConfig(**off, shade=0.6))
+    flat = photometric(np.full_like(img, 128), np.random.default_rng(2), AugmentConfig(**off, shade=0.6))
+    assert flat.std() > 0.01 and shaded.min() >= 0 and shaded.max() <= 1  # shading varies over a flat image
+
+
+def test_augment_overrides_are_checked() -> None:
+    from zippy.train.data import augment_config
+
+    aug = augment_config((64, 96), None, {"gamma": 0.5})
+    assert (aug.height, aug.width, aug.gamma) == (64, 96, 0.5)
+    with pytest.raises(ValueError, match=r"unknown augmentation fields \['gama'\].*gamma"):
+        augment_config((64, 96), None, {"gama": 0.5})
+    with pytest.raises(ValueError, match="height"):
+        augment_config((64, 96), None, {"height": 32})

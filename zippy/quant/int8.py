@@ -671,10 +671,11 @@ class ExactStem(nn.Module):
         :meth:`Int8KeypointNet.quantize_image` does (one pass instead of two).
         """
         g = self.grid_in
-        if x.dtype == torch.uint8:
-            return _stem_windows_kernel()(x.numpy(), np.float32(1.0), np.float32(0.0), g.zero_point)
-        src = x.detach().float().numpy()
-        return _stem_windows_kernel()(src, np.float32(1.0 / g.scale), np.float32(g.zero_point), g.zero_point)
+        if x.dtype == torch.uint8:  # already on the grid: the kernel's rounding is the identity
+            src, inv_scale, offset = x.numpy(), 1.0, 0.0
+        else:
+            src, inv_scale, offset = x.detach().float().numpy(), 1.0 / g.scale, float(g.zero_point)
+        return _stem_windows_kernel()(src, np.float32(inv_scale), np.float32(offset), g.zero_point)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: uint8 [B, C_in, H, W] on the input grid, or the float image in [0, 1] (see :meth:`windows`)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from zippy.geometry import random_homography
 from zippy.image import read_image
 
-__all__ = ["TRAIN_GLOBS", "AugmentConfig", "HomographyPairs", "list_images", "photometric"]
+__all__ = ["TRAIN_GLOBS", "AugmentConfig", "HomographyPairs", "augment_config", "list_images", "photometric"]
 
 # the development split (bsds500_test_*) is never trained on
 TRAIN_GLOBS = ("bsds500_train_*", "bsds500_val_*", "urban100_*")
@@ -60,18 +60,62 @@ class AugmentConfig:
     hue_deg: float = 10.0
     blur_prob: float = 0.3
     noise_std: float = 0.02
+    # illumination changes (0: off): gamma = exp(U(-g, g)); per-channel gains exp(U(-c, c)); a shading
+    # field 1 + a*u (u a random linear ramp in [-1, 1], a ~ U(0, shade)) times, half of the time, a soft
+    # round light or shadow of amplitude U(-shade, shade)
+    gamma: float = 0.0
+    channel_gain: float = 0.0
+    shade: float = 0.0
     # the photo is resized so its short side is uniform in this range (pixels) before cropping; None:
     # the crop covers 60-100 % of the short side. Eval-like scales (e.g. 240-480 for 240x320 and 480x640
     # evaluation) keep small training crops at the pixel scale the network is evaluated at.
     photo_short_side: tuple[int, int] | None = None
 
 
+def augment_config(
+    crop: tuple[int, int], photo_short_side: tuple[int, int] | None = None, overrides: dict | None = None
+) -> AugmentConfig:
+    """The AugmentConfig of a training crop (height, width) with JSON-style ``overrides`` of its other ranges.
+
+    Raises:
+        ValueError: an override names no AugmentConfig range (or names the crop size, set by ``crop``).
+    """
+    overrides = dict(overrides or {})
+    allowed = sorted(f.name for f in fields(AugmentConfig) if f.name not in ("height", "width", "photo_short_side"))
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown augmentation fields {unknown}; choose from {allowed} (the crop is set separately)")
+    return AugmentConfig(height=crop[0], width=crop[1], photo_short_side=photo_short_side, **overrides)
+
+
+def _shading(rng: np.random.Generator, h: int, w: int, amount: float) -> np.ndarray:
+    """A random multiplicative shading field float32 [H, W] >= 0.05: a linear ramp and maybe a soft spot."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    u = (xx / max(w - 1, 1) - 0.5) * np.cos(angle) + (yy / max(h - 1, 1) - 0.5) * np.sin(angle)  # in [-0.71, 0.71]
+    field = 1 + rng.uniform(0, amount) * 1.41 * u
+    if rng.random() < 0.5:
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        sigma2 = (rng.uniform(0.15, 0.5) * np.hypot(h, w)) ** 2
+        field = field * (1 + rng.uniform(-amount, amount) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma2)))
+    return np.maximum(field, 0.05)
+
+
 def photometric(img: np.ndarray, rng: np.random.Generator, aug: AugmentConfig, strength: float = 1.0) -> np.ndarray:
-    """Random brightness, contrast, saturation, hue, blur and noise on RGB uint8 [H, W, 3] -> float32 [0, 1]."""
+    """Random colour, illumination, contrast, brightness, blur and noise changes.
+
+    RGB uint8 [H, W, 3] -> float32 [H, W, 3] in [0, 1]; ``strength`` scales every range.
+    """
     hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV_FULL).astype(np.float32)
     hsv[..., 0] = (hsv[..., 0] + rng.uniform(-1, 1) * aug.hue_deg * strength * 256 / 360) % 256
     hsv[..., 1] *= 1 + rng.uniform(-1, 1) * aug.saturation * strength
     rgb = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB_FULL).astype(np.float32) / 255
+    if aug.gamma > 0:
+        rgb = np.power(rgb, np.float32(np.exp(rng.uniform(-1, 1) * aug.gamma * strength)))
+    if aug.channel_gain > 0:
+        rgb = rgb * np.exp(rng.uniform(-1, 1, 3) * aug.channel_gain * strength).astype(np.float32)
+    if aug.shade > 0:
+        rgb = rgb * _shading(rng, rgb.shape[0], rgb.shape[1], aug.shade * strength)[:, :, None]
     mean = rgb.mean()
     rgb = (rgb - mean) * (1 + rng.uniform(-1, 1) * aug.contrast * strength) + mean
     rgb = rgb * (1 + rng.uniform(-1, 1) * aug.brightness * strength)

@@ -28,7 +28,7 @@ from zippy.models import KeypointNet, ModelConfig, clip_binary_weights, compress
 from zippy.quant.layers import reset_activation_ranges, set_fake_quant
 from zippy.quant.ste import set_ste
 from zippy.train.bn import recalibrate_batchnorm
-from zippy.train.data import TRAIN_GLOBS, AugmentConfig, HomographyPairs, list_images
+from zippy.train.data import TRAIN_GLOBS, HomographyPairs, augment_config, list_images
 from zippy.train.distill import Distiller, make_teacher
 from zippy.train.init import init_from
 from zippy.train.losses import LossConfig, pair_loss
@@ -78,6 +78,7 @@ class TrainConfig:
     model_config: dict[str, Any] = field(default_factory=dict)  # other ModelConfig fields (e.g. feat_dim)
     bn_recal_batches: int = 8  # batches of training pairs used to recalibrate BN before validating / exporting
     loss: dict[str, Any] = field(default_factory=dict)
+    augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig overrides (not the crop sizes)
 
 
 def _is_main() -> bool:
@@ -210,7 +211,7 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
 
     files = list_images(tc.images, tuple(tc.train_globs))
     pss = tuple(tc.photo_short_side) if tc.photo_short_side else None
-    aug = AugmentConfig(height=tc.crop[0], width=tc.crop[1], photo_short_side=pss)
+    aug = augment_config(tc.crop, pss, tc.augment)
     dataset = HomographyPairs(files, aug, seed=tc.seed)
     distiller = None
     if tc.distill:
