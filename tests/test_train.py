@@ -370,3 +370,14 @@ def test_augment_overrides_are_checked() -> None:
         augment_config((64, 96), None, {"gama": 0.5})
     with pytest.raises(ValueError, match="height"):
         augment_config((64, 96), None, {"height": 32})
+
+
+def test_validation_pairs_do_not_follow_the_training_augmentation(image_folder: Path) -> None:
+    from zippy.train.trainer import validation_set
+
+    common = dict(images=str(image_folder), out_dir=".", crop=(64, 96), val_images=str(image_folder))
+    plain = validation_set(TrainConfig(**common))
+    strong = validation_set(TrainConfig(**common, augment={"gamma": 0.9, "shade": 0.6}))
+    assert len(plain) == len(strong) == 7
+    for (a0, a1, ha), (b0, b1, hb) in zip(plain.pairs, strong.pairs):
+        assert np.array_equal(a0, b0) and np.array_equal(a1, b1) and np.array_equal(ha, hb)

@@ -37,7 +37,7 @@ from zippy.weights import atomic_torch_save, save_weights
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "train", "validation_set"]
 
 
 @dataclass
@@ -159,6 +159,18 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def validation_set(tc: TrainConfig) -> ValidationSet:
+    """The quick validation's fixed pairs: ``val_pairs`` development photos at the training crop and scale.
+
+    They use the default photometric ranges, not ``tc.augment``, so that runs with different
+    augmentations are validated on the same pairs.
+    """
+    val_dir = tc.val_images or tc.images
+    vfiles = list_images(val_dir, ("bsds500_test_*",) if tc.val_images is None else ("*",))
+    pss = tuple(tc.photo_short_side) if tc.photo_short_side else None
+    return ValidationSet(vfiles[: tc.val_pairs], aug=augment_config(tc.crop, pss))
+
+
 def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Run (or resume) training; returns the path of the latest weights file.
 
@@ -231,11 +243,7 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
         "worker_init_fn": _ignore_stop_signals if tc.workers > 0 else None,
     }
     loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, **loader_kw)
-    vset = None
-    if _is_main() and tc.val_every > 0:
-        val_dir = tc.val_images or tc.images
-        vfiles = list_images(val_dir, ("bsds500_test_*",) if tc.val_images is None else ("*",))
-        vset = ValidationSet(vfiles[: tc.val_pairs], aug=aug)
+    vset = validation_set(tc) if _is_main() and tc.val_every > 0 else None
 
     if _is_main():
         _append_jsonl(log_path, {"event": "start", "step": step, "world": world, "config": asdict(tc)})
