@@ -69,8 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--augment",
         default="{}",
-        help='JSON AugmentConfig overrides, e.g. \'{"gamma": 0.9, "shade": 0.6}\' for illumination changes '
-        "(see zippy.train.data.AugmentConfig; the crop is --crop)",
+        help='JSON overrides of the training augmentation (zippy.train.data.AugmentConfig), e.g. \'{"gamma": 0, '
+        '"channel_gain": 0, "shade": 0}\' turns the illumination changes off (the crop is --crop)',
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

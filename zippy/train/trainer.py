@@ -32,7 +32,7 @@ from zippy.train.data import TRAIN_GLOBS, HomographyPairs, augment_config, list_
 from zippy.train.distill import Distiller, make_teacher
 from zippy.train.init import init_from
 from zippy.train.losses import LossConfig, pair_loss
-from zippy.train.validate import ValidationSet, validate
+from zippy.train.validate import VALIDATION_PHOTOMETRY, ValidationSet, validate
 from zippy.weights import atomic_torch_save, save_weights
 
 log = logging.getLogger(__name__)
@@ -162,13 +162,13 @@ def _ignore_stop_signals(worker_id: int) -> None:
 def validation_set(tc: TrainConfig) -> ValidationSet:
     """The quick validation's fixed pairs: ``val_pairs`` development photos at the training crop and scale.
 
-    They use the default photometric ranges, not ``tc.augment``, so that runs with different
-    augmentations are validated on the same pairs.
+    They use fixed photometric ranges (:data:`VALIDATION_PHOTOMETRY`), not the training's, so that runs
+    with different augmentations are validated on the same pairs.
     """
     val_dir = tc.val_images or tc.images
     vfiles = list_images(val_dir, ("bsds500_test_*",) if tc.val_images is None else ("*",))
     pss = tuple(tc.photo_short_side) if tc.photo_short_side else None
-    return ValidationSet(vfiles[: tc.val_pairs], aug=augment_config(tc.crop, pss))
+    return ValidationSet(vfiles[: tc.val_pairs], aug=augment_config(tc.crop, pss, VALIDATION_PHOTOMETRY))
 
 
 def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:

@@ -14,14 +14,18 @@ import torch
 from zippy.geometry import corner_error, estimate_homography, warp_points
 from zippy.train.data import AugmentConfig, HomographyPairs
 
-__all__ = ["ValidationSet", "validate"]
+__all__ = ["VALIDATION_PHOTOMETRY", "ValidationSet", "validate"]
+
+# the validation pairs' photometric ranges: the training defaults of sessions 1-6, kept so that the
+# quick validation of every run is made on the same pairs
+VALIDATION_PHOTOMETRY = {"brightness": 0.3, "gamma": 0.0, "channel_gain": 0.0, "shade": 0.0}
 
 
 class ValidationSet:
     """Fixed pairs (uint8 RGB images, homography) from ``files``."""
 
     def __init__(self, files: list[Path], seed: int = 12345, aug: AugmentConfig | None = None):
-        ds = HomographyPairs(files, aug or AugmentConfig(), seed=seed)
+        ds = HomographyPairs(files, aug or AugmentConfig(**VALIDATION_PHOTOMETRY), seed=seed)
         self.pairs = []
         for i in range(len(ds)):
             item = ds[i]
