@@ -36,6 +36,8 @@ WARMUP_FRAMES = 1
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `zippy stream`."""
+    from zippy_apps.stream import ROBUST_METHODS
+
     parser.add_argument("--source", default="0", help="camera index, video file, image folder or URL (default 0)")
     parser.add_argument("--size", default="240x320", help="working size HEIGHTxWIDTH, or 'native' (default 240x320)")
     parser.add_argument("--headless", action="store_true", help="no window even when a display exists")
@@ -61,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--robust",
         default="magsac",
-        choices=["magsac", "fast", "ransac"],
+        choices=list(ROBUST_METHODS),
         help="robust estimator: OpenCV USAC_MAGSAC (default), USAC_FAST or RANSAC",
     )
     parser.add_argument("--fps", type=float, help="frame rate of folders and of the output video if unknown")

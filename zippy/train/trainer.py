@@ -28,7 +28,7 @@ from zippy.models import KeypointNet, ModelConfig, clip_binary_weights, compress
 from zippy.quant.layers import reset_activation_ranges, set_fake_quant
 from zippy.quant.ste import set_ste
 from zippy.train.bn import recalibrate_batchnorm
-from zippy.train.data import TRAIN_GLOBS, HomographyPairs, augment_config, list_images
+from zippy.train.data import TRAIN_GLOBS, AugmentConfig, HomographyPairs, augment_config, list_images
 from zippy.train.distill import Distiller, make_teacher
 from zippy.train.init import init_from
 from zippy.train.losses import LossConfig, pair_loss
@@ -159,6 +159,12 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _augment(tc: TrainConfig, overrides: dict[str, Any]) -> AugmentConfig:
+    """The run's crop and training scale with the photometric ``overrides``."""
+    pss = tuple(tc.photo_short_side) if tc.photo_short_side else None
+    return augment_config(tc.crop, pss, overrides)
+
+
 def validation_set(tc: TrainConfig) -> ValidationSet:
     """The quick validation's fixed pairs: ``val_pairs`` development photos at the training crop and scale.
 
@@ -167,8 +173,7 @@ def validation_set(tc: TrainConfig) -> ValidationSet:
     """
     val_dir = tc.val_images or tc.images
     vfiles = list_images(val_dir, ("bsds500_test_*",) if tc.val_images is None else ("*",))
-    pss = tuple(tc.photo_short_side) if tc.photo_short_side else None
-    return ValidationSet(vfiles[: tc.val_pairs], aug=augment_config(tc.crop, pss, VALIDATION_PHOTOMETRY))
+    return ValidationSet(vfiles[: tc.val_pairs], aug=_augment(tc, VALIDATION_PHOTOMETRY))
 
 
 def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
@@ -222,8 +227,7 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     files = list_images(tc.images, tuple(tc.train_globs))
-    pss = tuple(tc.photo_short_side) if tc.photo_short_side else None
-    aug = augment_config(tc.crop, pss, tc.augment)
+    aug = _augment(tc, tc.augment)
     dataset = HomographyPairs(files, aug, seed=tc.seed)
     distiller = None
     if tc.distill:
