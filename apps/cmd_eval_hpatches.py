@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         settings=tuple(Setting.parse(s) for s in csv_list(args.settings)),
         weights=method_weights(args.weights),
         engine=args.engine,
+        scales=args.scales,
         include=tuple(args.include) if args.include else None,
         exclude=tuple(args.exclude),
         overwrite=args.overwrite,

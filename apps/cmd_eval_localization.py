@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         resize_max=args.resize_max,
         weights=method_weights(args.weights),
         engine=args.engine,
+        scales=args.scales,
         mapping=args.mapping,
         pairs=args.pairs,
         num_neighbors=args.num_neighbors,

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         ransac_px=args.ransac_px,
         weights=method_weights(args.weights),
         engine=args.engine,
+        scales=args.scales,
         num_threads=args.threads,
         overwrite=args.overwrite,
     )

@@ -22,6 +22,14 @@ def method_weights(items: list[str]) -> dict[str, str | None]:
     return out
 
 
+def scales_list(text: str) -> tuple[float, ...]:
+    """'1.41,1' -> (1.41, 1.0): image-pyramid scales of the zippy methods (checked by zippy.load)."""
+    try:
+        return tuple(float(t) for t in csv_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1.41,1, got {text!r}") from None
+
+
 def limit_threads(threads: int) -> None:
     """Check ``--threads`` and set the thread variables of libraries that read them at start-up.
 
@@ -46,9 +54,21 @@ def add_weights_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_scales_option(parser: argparse.ArgumentParser) -> None:
+    """``--scales S1,S2,...``: the zippy image pyramid (read as a tuple of floats)."""
+    parser.add_argument(
+        "--scales",
+        type=scales_list,
+        default=(1.0,),
+        metavar="S1,S2",
+        help="zippy image-pyramid scales, e.g. 1.41,1: detect at each, keep the best keypoints (default 1)",
+    )
+
+
 def add_method_options(parser: argparse.ArgumentParser, *, threads_help: str = "torch / OpenCV threads") -> None:
     """The options every `zippy eval ...` command shares: --weights, --engine, --threads, --overwrite."""
     add_weights_option(parser)
     parser.add_argument("--engine", default="auto", help="zippy engine: auto, int8, fp32, onnx (default auto)")
+    add_scales_option(parser)
     parser.add_argument("--threads", type=int, default=1, help=f"{threads_help} (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="recompute cached results")

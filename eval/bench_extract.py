@@ -17,9 +17,11 @@ Methods (names in the results):
     * ``zippypoint-onnx``: onnxruntime int8 graph (``zippy.quant.onnx_engine``; not in the default set).
     * ``zippypoint_small-int8`` / ``zippypoint_small-fp32``: the narrow shipped variant
       (``zippy.load("zippypoint_small")``, weights/zippypoint_small.pt), int8 engine / float with fake
-      quantization off.
+      quantization off; ``zippypoint_small-int8-x1.41+1``: its int8 engine on a two-scale image pyramid
+      (``zippy.load(..., scales=(1.41, 1.0))``), the more accurate setting of docs/hpatches.md.
     * ``kp2d-fp32``: the float KP2D-style baseline of the same topology.
-    * ``orb``, ``sift``, ``akaze``, ``brisk``: OpenCV (``zippy_eval.methods``); ``aliked``: kornia ALIKED-T16.
+    * ``orb``, ``sift``, ``akaze``, ``brisk``: OpenCV (``zippy_eval.methods``); ``aliked``: kornia ALIKED-T16;
+      ``orb_teblid`` (ORB keypoints, TEBLID descriptors) on request, not in the default set.
 
 Per frame: ``network_ms`` and ``post_ms`` (zippy methods: network forward / NMS, top-k, sampling,
 binarization), ``total_ms`` (the whole ``extract`` call from the RGB uint8 image), and ``match_ms``
@@ -68,6 +70,7 @@ DEFAULT_METHODS = (
     "zippypoint-int8",
     "zippypoint_small-fp32",
     "zippypoint_small-int8",
+    "zippypoint_small-int8-x1.41+1",
     "kp2d-fp32",
     "orb",
     "sift",
@@ -75,14 +78,16 @@ DEFAULT_METHODS = (
     "brisk",
     "aliked",
 )
+# name -> (model, engine, fake quantization on, image-pyramid scales)
 ZIPPY_VARIANTS = {
-    "zippypoint-fp32": ("zippypoint", "fp32", False),
-    "zippypoint-fq": ("zippypoint", "fp32", True),
-    "zippypoint-int8": ("zippypoint", "int8", True),
-    "zippypoint-onnx": ("zippypoint", "onnx", True),
-    "zippypoint_small-fp32": ("zippypoint_small", "fp32", False),
-    "zippypoint_small-int8": ("zippypoint_small", "int8", True),
-    "kp2d-fp32": ("kp2d", "fp32", True),
+    "zippypoint-fp32": ("zippypoint", "fp32", False, (1.0,)),
+    "zippypoint-fq": ("zippypoint", "fp32", True, (1.0,)),
+    "zippypoint-int8": ("zippypoint", "int8", True, (1.0,)),
+    "zippypoint-onnx": ("zippypoint", "onnx", True, (1.0,)),
+    "zippypoint_small-fp32": ("zippypoint_small", "fp32", False, (1.0,)),
+    "zippypoint_small-int8": ("zippypoint_small", "int8", True, (1.0,)),
+    "zippypoint_small-int8-x1.41+1": ("zippypoint_small", "int8", True, (1.41, 1.0)),
+    "kp2d-fp32": ("kp2d", "fp32", True, (1.0,)),
 }
 TARGET_MATCH_MS = 20.0
 
@@ -150,7 +155,7 @@ class _Zippy:
         from zippy.extractor import Extractor
         from zippy.quant import set_fake_quant
 
-        model_name, engine, fake_quant = ZIPPY_VARIANTS[name]
+        model_name, engine, fake_quant, scales = ZIPPY_VARIANTS[name]
         w = {"zippypoint": weights, "kp2d": kp2d_weights}.get(model_name)  # others: their shipped weights
         ex = zippy.load(model_name, weights=w, engine="fp32")
         model = ex.model
@@ -168,12 +173,13 @@ class _Zippy:
             self.calibrated = True
         if not fake_quant:
             set_fake_quant(model, False)
-        self.extractor = Extractor(model, engine=engine, weights_path=ex.weights_path, meta=ex.meta)
+        self.extractor = Extractor(model, engine=engine, weights_path=ex.weights_path, meta=ex.meta, scales=scales)
         self.binary = self.extractor.binary
         self.info = {
             "backbone": backbone,
             "engine": self.extractor.engine,
             "fake_quant": fake_quant,
+            "scales": list(scales),
             "trained": bool(ex.trained),
             "weights": str(ex.weights_path) if ex.weights_path else None,
             "weights_sha256": ex.weights_sha256,
@@ -468,9 +474,12 @@ def run(cfg: BenchConfig, output_dir: str | os.PathLike) -> Path:
 
     if not Path(cfg.frames).is_dir():
         raise FileNotFoundError(f"frames folder not found: {cfg.frames}")
-    unknown = [m for m in cfg.methods if m not in DEFAULT_METHODS and m not in ZIPPY_VARIANTS]
+    from zippy_eval.methods import OPENCV_METHODS
+
+    known = set(DEFAULT_METHODS) | set(ZIPPY_VARIANTS) | set(OPENCV_METHODS)
+    unknown = [m for m in cfg.methods if m not in known]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {sorted(set(DEFAULT_METHODS) | set(ZIPPY_VARIANTS))}")
+        raise ValueError(f"unknown methods {unknown}; choose from {sorted(known)}")
     out = Path(output_dir)
     load_before = _loadavg()
     jobs = [({"kind": "timing", "size": list(s), "threads": t}, t) for t in cfg.threads for s in cfg.sizes]

@@ -47,6 +47,7 @@ __all__ = [
     "default_aliked_weights",
     "get_method",
     "match_features",
+    "scales_tag",
     "sha256_file",
 ]
 
@@ -266,11 +267,17 @@ class AlikedMethod(Method):
 class ZippyMethod(Method):
     """A zippy backbone through ``zippy.load``."""
 
-    def __init__(self, name: str, weights: str | os.PathLike | None = None, engine: str = "auto") -> None:
+    def __init__(
+        self,
+        name: str,
+        weights: str | os.PathLike | None = None,
+        engine: str = "auto",
+        scales: tuple[float, ...] = (1.0,),
+    ) -> None:
         import zippy
 
         self.name = name
-        self._extractor = zippy.load(name, weights=weights, engine=engine)
+        self._extractor = zippy.load(name, weights=weights, engine=engine, scales=scales)
         self.binary = bool(self._extractor.binary)
         self._weights = weights
         self._version = zippy.__version__
@@ -288,8 +295,14 @@ class ZippyMethod(Method):
             "version": f"zippy {self._version}",
             "weights": str(self._weights) if self._weights is not None else "shipped",
             "weights_sha256": getattr(ex, "weights_sha256", None),
-            "params": {"engine": getattr(ex, "engine", None), "trained": getattr(ex, "trained", None)},
+            "params": {"engine": ex.engine, "trained": ex.trained, "scales": list(ex.scales)},
         }
+
+
+def scales_tag(params: dict[str, Any]) -> list[str]:
+    """Cache-name part of a method's image-pyramid ``params["scales"]``: [] for one pass at scale 1."""
+    scales = [float(s) for s in params.get("scales") or [1.0]]
+    return [] if scales == [1.0] else ["x" + "+".join(f"{s:g}" for s in scales)]
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -311,13 +324,21 @@ def available_methods() -> list[str]:
     return [*OPENCV_METHODS, "aliked", *_zippy_models()]
 
 
-def get_method(name: str, *, weights: str | os.PathLike | None = None, engine: str = "auto", **kw: Any) -> Method:
+def get_method(
+    name: str,
+    *,
+    weights: str | os.PathLike | None = None,
+    engine: str = "auto",
+    scales: tuple[float, ...] = (1.0,),
+    **kw: Any,
+) -> Method:
     """Build a method by name.
 
     Args:
         name: one of :func:`available_methods`.
         weights: weights file (ALIKED, zippy backbones); None takes the default.
         engine: zippy engine ("auto", "int8", "fp32", "onnx"); ignored by the other methods.
+        scales: zippy image-pyramid scales (see ``zippy.load``); ignored by the other methods.
         **kw: method options; ALIKED takes ``model_name`` ("aliked-t16" or "aliked-n16").
 
     Raises:
@@ -339,7 +360,7 @@ def get_method(name: str, *, weights: str | os.PathLike | None = None, engine: s
     if key in zippy_models:
         if kw:
             raise ValueError(f"zippy backbone {key} takes weights and engine only, got {sorted(kw)}")
-        return ZippyMethod(key, weights=weights, engine=engine)
+        return ZippyMethod(key, weights=weights, engine=engine, scales=scales)
     raise ValueError(f"unknown method {name!r}; choose from {available_methods()}")
 
 

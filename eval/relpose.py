@@ -74,6 +74,7 @@ class RelPoseConf:
         ransac_px: RANSAC threshold in resized pixels.
         weights: method name -> weights file.
         engine: zippy engine.
+        scales: zippy image-pyramid scales (``zippy.load``; other methods ignore them).
         num_threads: OpenCV / torch threads.
         seed: RANSAC seed.
         overwrite: recompute cached features.
@@ -86,6 +87,7 @@ class RelPoseConf:
     ransac_px: float = 1.0
     weights: dict[str, str | None] = field(default_factory=dict)
     engine: str = "auto"
+    scales: tuple[float, ...] = (1.0,)
     num_threads: int = 1
     seed: int = 0
     overwrite: bool = False
@@ -397,7 +399,7 @@ def run(conf: RelPoseConf, dataset_dir: str | os.PathLike, output_dir: str | os.
     skipped: dict[str, str] = {}
     for name in conf.methods:
         try:
-            method = get_method(name, weights=conf.weights.get(name), engine=conf.engine)
+            method = get_method(name, weights=conf.weights.get(name), engine=conf.engine, scales=conf.scales)
         except MethodUnavailableError as e:
             logger.warning("skipping method %s: %s", name, e)
             skipped[name] = str(e)

@@ -47,14 +47,16 @@ def test_target_checks_compare_the_right_cells() -> None:
 def test_small_run_writes_json_table_and_plot(shared_data: Path, tmp_path: Path) -> None:
     frames = shared_data / "localization" / "tum_freiburg_sequence"
     cfg = BenchConfig(
-        methods=("orb", "zippypoint-fq"), sizes=((64, 96),), threads=(1,), frames=str(frames), n_frames=2,
-        repeats=1, max_keypoints=50, timeout_s=300,
+        methods=("orb_teblid", "zippypoint_small-int8-x1.41+1"), sizes=((64, 96),), threads=(1,),
+        frames=str(frames), n_frames=2, repeats=1, max_keypoints=50, timeout_s=300,
     )  # fmt: skip
     summary = run(cfg, tmp_path / "bench")
     data = json.loads(summary.read_text())
     rows = {r["method"]: r for r in data["rows"]}
-    assert set(rows) == {"orb", "zippypoint-fq"}
-    assert rows["zippypoint-fq"]["network_ms"] > 0 and rows["orb"]["network_ms"] is None
+    pyramid = "zippypoint_small-int8-x1.41+1"
+    assert set(rows) == {"orb_teblid", pyramid}
+    assert rows[pyramid]["network_ms"] > 0 and rows["orb_teblid"]["network_ms"] is None
+    assert data["methods"][pyramid]["scales"] == [1.41, 1.0]
     assert all(r["total_ms"] > 0 and r["peak_rss_mb"] > 0 and r["threads"] == 1 for r in rows.values())
-    assert (tmp_path / "bench" / "summary.md").read_text().count("zippypoint-fq") >= 1
+    assert (tmp_path / "bench" / "summary.md").read_text().count(pyramid) >= 1
     assert (tmp_path / "bench" / "times.png").stat().st_size > 0

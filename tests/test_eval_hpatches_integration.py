@@ -131,6 +131,9 @@ def test_cli_eval_hpatches(dataset, tmp_path, capsys):
         cli("cmd_eval_hpatches", [str(dataset), "--settings", "240:300", "--out", str(out)])
     with pytest.raises(ValueError, match="METHOD=PATH"):
         cli("cmd_eval_hpatches", [str(dataset), "--weights", "x.pth", "--out", str(out)])
+    with pytest.raises(SystemExit):  # argparse: "expected comma-separated numbers such as 1.41,1"
+        cli("cmd_eval_hpatches", [str(dataset), "--scales", "big", "--out", str(out)])
+    assert "expected comma-separated numbers" in capsys.readouterr().err
 
 
 def test_cli_make_hpatches_like(tmp_path, capsys):

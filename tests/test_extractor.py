@@ -146,3 +146,50 @@ def test_bad_images_raise_clear_errors(zp: Extractor, image, message: str) -> No
 def test_bad_max_keypoints(zp: Extractor, rng_image: np.ndarray, k) -> None:
     with pytest.raises(ValueError, match="max_keypoints must be a positive integer"):
         zp.extract(rng_image, max_keypoints=k)
+
+
+def test_scale_two_equals_extracting_the_upscaled_image(calibrated_zippypoint, rng_image: np.ndarray) -> None:
+    """One pass at scale 2 is extraction on the bilinearly doubled image, keypoints mapped back."""
+    import torch.nn.functional as F
+
+    from zippy.image import to_tensor
+
+    x = to_tensor(rng_image)
+    up = F.interpolate(x, size=(150, 202), mode="bilinear", align_corners=False)
+    ref = Extractor(calibrated_zippypoint, engine="fp32").extract(up, max_keypoints=60)
+    f = Extractor(calibrated_zippypoint, engine="fp32", scales=(2.0,)).extract(x, max_keypoints=60)
+    assert len(f) == len(ref) > 0
+    np.testing.assert_allclose(f.keypoints, (ref.keypoints + 0.5) / 2 - 0.5, atol=1e-5)
+    np.testing.assert_array_equal(f.descriptors, ref.descriptors)
+    assert f.image_size == (101, 75)
+
+
+def test_pyramid_keeps_the_best_over_all_scales(calibrated_zippypoint, rng_image: np.ndarray) -> None:
+    scales = (1.41, 1.0, 0.7)
+    per_scale = [Extractor(calibrated_zippypoint, engine="fp32", scales=(s,)).extract(rng_image, 40) for s in scales]
+    pyr = Extractor(calibrated_zippypoint, engine="fp32", scales=scales)
+    f = pyr.extract(rng_image, max_keypoints=40)
+    pooled = np.concatenate([p.scores for p in per_scale])
+    assert len(f) == 40 and np.all(np.diff(f.scores) <= 0)
+    np.testing.assert_array_equal(f.scores, np.sort(pooled)[::-1][:40])
+    assert (f.keypoints >= -0.5).all() and (f.keypoints <= [100.5, 74.5]).all()
+    assert (np.unpackbits(f.descriptors, axis=1).sum(1) == 64).all()
+    # every kept keypoint is one of a single-scale extraction's, with its descriptor
+    for kp, d in zip(f.keypoints, f.descriptors):
+        assert any(np.any((np.abs(p.keypoints - kp).max(1) < 1e-5) & (p.descriptors == d).all(1)) for p in per_scale)
+    assert "scales=(1.41, 1.0, 0.7)" in repr(pyr)
+
+
+@pytest.mark.parametrize(
+    ("scales", "message"),
+    [((), "at least one"), ((1.0, 1.0), "distinct"), ((0.1,), r"\[0.25, 4\]"), ("ab", "numbers"), ((None,), "numbers")],
+)
+def test_bad_scales(calibrated_zippypoint, scales, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Extractor(calibrated_zippypoint, engine="fp32", scales=scales)
+
+
+def test_scale_too_small_for_the_image(calibrated_zippypoint) -> None:
+    ex = Extractor(calibrated_zippypoint, engine="fp32", scales=(1.0, 0.5))
+    with pytest.raises(ValueError, match="below the 16x16 minimum"):
+        ex.extract(np.zeros((20, 40, 3), np.uint8))

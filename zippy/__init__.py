@@ -12,6 +12,7 @@ Typical use::
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from zippy.features import Features, load_features, save_features
@@ -25,7 +26,9 @@ if TYPE_CHECKING:
     from zippy.extractor import Extractor
 
 
-def load(name: str = "zippypoint", *, weights: Any = None, engine: str = "auto") -> Extractor:
+def load(
+    name: str = "zippypoint", *, weights: Any = None, engine: str = "auto", scales: Sequence[float] = (1.0,)
+) -> Extractor:
     """Build an extractor by model name (see :func:`available_models`).
 
     Args:
@@ -34,6 +37,8 @@ def load(name: str = "zippypoint", *, weights: Any = None, engine: str = "auto")
         weights: path of a weights file; None takes the shipped weights of ``name`` from weights/
             (for a backbone without shipped weights: untrained random weights, with a warning).
         engine: "auto" (int8 where supported, else fp32), "int8", "fp32" (fake-quant network in float), "onnx".
+        scales: image-pyramid scales, e.g. (1.41, 1.0): detect and describe at each, keep the best
+            ``max_keypoints`` over all (more accurate, costs the sum of the scales' areas); default one pass.
 
     Raises:
         ValueError: unknown name or engine (the message lists the choices).
@@ -41,7 +46,7 @@ def load(name: str = "zippypoint", *, weights: Any = None, engine: str = "auto")
     """
     from zippy.extractor import Extractor
 
-    return Extractor.from_name(name, weights=weights, engine=engine)
+    return Extractor.from_name(name, weights=weights, engine=engine, scales=scales)
 
 
 def available_models() -> list[str]:

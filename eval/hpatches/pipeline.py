@@ -33,7 +33,7 @@ import numpy as np
 from zippy.features import Features
 from zippy_eval.hpatches.dataset import HPatchesDataset, HSequence, load_hpatches
 from zippy_eval.hpatches.metrics import DEFAULT_ACCURACY_THRESHOLDS, DEFAULT_MMA_THRESHOLDS, evaluate_pair
-from zippy_eval.methods import Method, MethodUnavailableError, get_method
+from zippy_eval.methods import Method, MethodUnavailableError, get_method, scales_tag
 
 __all__ = ["DEFAULT_SETTINGS", "HPatchesConfig", "Setting", "run"]
 
@@ -81,6 +81,7 @@ class HPatchesConfig:
         settings: resolutions and keypoint budgets.
         weights: method name -> weights file (ALIKED, zippy backbones).
         engine: zippy engine.
+        scales: zippy image-pyramid scales (``zippy.load``; other methods ignore them).
         include, exclude: glob patterns on sequence names.
         overwrite: recompute cached features.
         rep_threshold: repeatability / localization distance (px).
@@ -97,6 +98,7 @@ class HPatchesConfig:
     settings: tuple[Setting, ...] = DEFAULT_SETTINGS
     weights: dict[str, str] = field(default_factory=dict)
     engine: str = "auto"
+    scales: tuple[float, ...] = (1.0,)
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     overwrite: bool = False
@@ -149,6 +151,7 @@ class HPatchesConfig:
             "exclude": list(self.exclude),
             "threads": self.threads,
             "engine": self.engine,
+            "scales": list(self.scales),
         }
 
 
@@ -169,7 +172,7 @@ def _method_tag(method: Method) -> str:
     for key in ("model_name", "engine"):
         if params.get(key):
             parts.append(str(params[key]))
-    return _slug("-".join(parts))
+    return _slug("-".join(parts + scales_tag(params)))
 
 
 def _dataset_tags(datasets: Sequence[HPatchesDataset]) -> list[str]:
@@ -538,7 +541,7 @@ def run(
     skipped_methods: dict[str, str] = {}
     for name in conf.methods:
         try:
-            methods.append(get_method(name, weights=conf.weights.get(name), engine=conf.engine))
+            methods.append(get_method(name, weights=conf.weights.get(name), engine=conf.engine, scales=conf.scales))
         except MethodUnavailableError as e:
             logger.warning("skipping method %s: %s", name, e)
             skipped_methods[name] = str(e)

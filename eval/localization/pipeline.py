@@ -34,6 +34,7 @@ from zippy_eval.localization.localize import LocalizationResult, LocalizeOptions
 from zippy_eval.localization.mapping import MappingOptions, map_stats, reconstruct, triangulate
 from zippy_eval.localization.pairs import pairs_exhaustive, pairs_from_retrieval, pairs_to, write_pairs
 from zippy_eval.localization.poses import Pose, pose_error, recall_at, write_poses
+from zippy_eval.methods import scales_tag
 
 __all__ = [
     "THRESHOLDS",
@@ -65,6 +66,7 @@ class LocalizationConf:
             keypoints are scaled back to original pixels.
         weights: method name -> weights file (None entries: default weights).
         engine: zippy engine ("auto", "int8", "fp32", "onnx").
+        scales: zippy image-pyramid scales (``zippy.load``; other methods ignore them).
         mapping: "auto" (triangulate from known poses, SfM otherwise; SfM for leave-one-out),
             "triangulate" or "sfm".
         pairs: "exhaustive" or "retrieval" (query / map pairs ranked by the match count of the
@@ -88,6 +90,7 @@ class LocalizationConf:
     resize_max: int = 1024
     weights: dict[str, str | None] = field(default_factory=dict)
     engine: str = "auto"
+    scales: tuple[float, ...] = (1.0,)
     mapping: str = "auto"
     pairs: str = "exhaustive"
     num_neighbors: int = 10
@@ -146,7 +149,7 @@ def method_tag(method: Any, conf: Any) -> str:
     engine = (info.get("params") or {}).get("engine")
     if engine:
         parts.append(str(engine))
-    return slug("-".join(parts))
+    return slug("-".join(parts + scales_tag(info.get("params") or {})))
 
 
 def _resize_factor(size: tuple[int, int], resize_max: int) -> float:
@@ -651,7 +654,7 @@ def run(conf: LocalizationConf, dataset: LocalizationDataset, output_dir: str | 
     gt = dataset.query_gt is not None
     for name in conf.methods:
         try:
-            method = get_method(name, weights=conf.weights.get(name), engine=conf.engine)
+            method = get_method(name, weights=conf.weights.get(name), engine=conf.engine, scales=conf.scales)
         except MethodUnavailableError as e:
             logger.warning("skipping method %s: %s", name, e)
             skipped[name] = str(e)
