@@ -190,6 +190,7 @@ class Extractor:
         post-processing times (ms) of one image x [1, 3, H, W] resized by ``scale``."""
         _, _, h0, w0 = x.shape
         h, w = h0, w0
+        t_resize = time.perf_counter()
         if scale != 1.0:
             h, w = round(h0 * scale), round(w0 * scale)
             if min(h, w) < 16:
@@ -217,7 +218,8 @@ class Extractor:
             kpts = (kpts + 0.5) * torch.tensor([w0 / w, h0 / h], dtype=torch.float32) - 0.5
         t4 = time.perf_counter()
         describe = t3 - t2 if sparse else 0.0  # network work; sampling a dense map is post-processing
-        return kpts, scores, desc, 1e3 * (t1 - t0 + describe), 1e3 * (t4 - t1 - describe)
+        post = t4 - t1 - describe + t0 - t_resize  # with the resizing and padding
+        return kpts, scores, desc, 1e3 * (t1 - t0 + describe), 1e3 * post
 
     def __repr__(self) -> str:
         state = "trained" if self.trained else "UNTRAINED"
