@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from zippy.geometry import corner_error
+from zippy_apps.stream import CONFIDENCE, DEFAULT_ROBUST, MAX_ITERS
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ def run(conf: BenchConfig, output_dir: str | os.PathLike) -> Path:
         **asdict(conf),
         "loop": "zippy stream --headless: read, decode, resize, extract, match prev + keyframe, RANSAC, draw",
         "matcher": "mutual nearest neighbour (Hamming for binary, L2 for float)",
-        "robust": "USAC_MAGSAC homography, 3 px, confidence 0.999, at most 1000 iterations",
+        "robust": f"{DEFAULT_ROBUST} homography, 3 px, confidence {CONFIDENCE}, at most {MAX_ITERS} iterations",
         "fps_definition": "mean = frames / time; p50 / p90 = 1000 / p50 / p90 frame time (ms)",
         "target_fps": TARGET_FPS,
     }

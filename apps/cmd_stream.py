@@ -36,7 +36,7 @@ WARMUP_FRAMES = 1
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `zippy stream`."""
-    from zippy_apps.stream import ROBUST_METHODS
+    from zippy_apps.stream import DEFAULT_ROBUST, ROBUST_METHODS
 
     parser.add_argument("--source", default="0", help="camera index, video file, image folder or URL (default 0)")
     parser.add_argument("--size", default="240x320", help="working size HEIGHTxWIDTH, or 'native' (default 240x320)")
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--robust",
-        default="magsac",
+        default=DEFAULT_ROBUST,
         choices=list(ROBUST_METHODS),
         help="robust estimator: OpenCV USAC_MAGSAC (default), USAC_FAST or RANSAC",
     )

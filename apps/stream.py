@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from zippy.features import Features
+from zippy.geometry import ROBUST_METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 STAGES = ("read", "resize", "extract", "match", "geometry")
 """Stage names of :attr:`FrameResult.times`, in order."""
 
-ROBUST_METHODS = ("magsac", "fast", "ransac")
+DEFAULT_ROBUST = ROBUST_METHODS[0]
 MAX_ITERS = 1000
 CONFIDENCE = 0.999
 
@@ -464,7 +465,7 @@ class Tracker:
         keyframe_ratio: float = 0.5,
         intrinsics: tuple[float, float, float, float] | None = None,
         ransac_threshold: float | None = None,
-        robust: str = "magsac",
+        robust: str = DEFAULT_ROBUST,
         matcher: Matcher | None = None,
     ):
         if not callable(getattr(extractor, "extract", None)):
@@ -625,7 +626,7 @@ def _homography(p0: np.ndarray, p1: np.ndarray, threshold: float, robust: str) -
 
 
 def _relative_pose(
-    p0: np.ndarray, p1: np.ndarray, K: np.ndarray, threshold: float, robust: str = "magsac"
+    p0: np.ndarray, p1: np.ndarray, K: np.ndarray, threshold: float, robust: str = DEFAULT_ROBUST
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray]:
     """Essential matrix and the pose recovered from it: (E, R, t, inlier mask bool [N]); Nones on failure.
 
@@ -685,7 +686,7 @@ class Stream:
         max_frames: int | None = None,
         fps: float | None = None,
         ransac_threshold: float | None = None,
-        robust: str = "magsac",
+        robust: str = DEFAULT_ROBUST,
         matcher: Matcher | None = None,
     ):
         if size is not None:

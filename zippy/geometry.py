@@ -13,6 +13,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ROBUST_METHODS",
     "corner_error",
     "estimate_homography",
     "random_homography",
@@ -62,15 +63,19 @@ def corner_error(H_est: np.ndarray | None, H_gt: np.ndarray, width: int, height:
     return float(np.mean(d)) if np.isfinite(d).all() else float("inf")
 
 
+# robust estimator name -> OpenCV flag name; the first is the recommended default (the stream app's)
+_ROBUST_CV2 = {"magsac": "USAC_MAGSAC", "fast": "USAC_FAST", "ransac": "RANSAC"}
+ROBUST_METHODS = tuple(_ROBUST_CV2)
+
+
 def robust_flag(method: str) -> int:
-    """OpenCV's flag for a robust estimator name: "ransac" (cv2.RANSAC), "magsac" (cv2.USAC_MAGSAC) or
-    "fast" (cv2.USAC_FAST); unknown names raise ValueError listing the choices."""
+    """OpenCV's flag for a robust estimator name of ``ROBUST_METHODS``: "magsac" (cv2.USAC_MAGSAC), "fast"
+    (cv2.USAC_FAST) or "ransac" (cv2.RANSAC); unknown names raise ValueError listing the choices."""
     import cv2
 
-    flags = {"ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC, "fast": cv2.USAC_FAST}
-    if method not in flags:
-        raise ValueError(f"unknown robust method {method!r}; choose one of {sorted(flags)}")
-    return flags[method]
+    if method not in _ROBUST_CV2:
+        raise ValueError(f"unknown robust method {method!r}; choose one of {list(ROBUST_METHODS)}")
+    return getattr(cv2, _ROBUST_CV2[method])
 
 
 def estimate_homography(
