@@ -65,10 +65,18 @@ def add_scales_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_nms_option(parser: argparse.ArgumentParser) -> None:
+    """``--nms-radius PX``: the zippy keypoint NMS radius."""
+    parser.add_argument(
+        "--nms-radius", type=float, default=4.0, metavar="PX", help="zippy keypoint NMS radius in px (default 4)"
+    )
+
+
 def add_method_options(parser: argparse.ArgumentParser, *, threads_help: str = "torch / OpenCV threads") -> None:
     """The options every `zippy eval ...` command shares: --weights, --engine, --threads, --overwrite."""
     add_weights_option(parser)
     parser.add_argument("--engine", default="auto", help="zippy engine: auto, int8, fp32, onnx (default auto)")
     add_scales_option(parser)
+    add_nms_option(parser)
     parser.add_argument("--threads", type=int, default=1, help=f"{threads_help} (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="recompute cached results")

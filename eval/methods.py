@@ -45,9 +45,9 @@ __all__ = [
     "MethodUnavailableError",
     "available_methods",
     "default_aliked_weights",
+    "extraction_tag",
     "get_method",
     "match_features",
-    "scales_tag",
     "sha256_file",
 ]
 
@@ -273,11 +273,12 @@ class ZippyMethod(Method):
         weights: str | os.PathLike | None = None,
         engine: str = "auto",
         scales: tuple[float, ...] = (1.0,),
+        nms_radius: float = 4.0,
     ) -> None:
         import zippy
 
         self.name = name
-        self._extractor = zippy.load(name, weights=weights, engine=engine, scales=scales)
+        self._extractor = zippy.load(name, weights=weights, engine=engine, scales=scales, nms_radius=nms_radius)
         self.binary = bool(self._extractor.binary)
         self._weights = weights
         self._version = zippy.__version__
@@ -295,14 +296,23 @@ class ZippyMethod(Method):
             "version": f"zippy {self._version}",
             "weights": str(self._weights) if self._weights is not None else "shipped",
             "weights_sha256": getattr(ex, "weights_sha256", None),
-            "params": {"engine": ex.engine, "trained": ex.trained, "scales": list(ex.scales)},
+            "params": {
+                "engine": ex.engine,
+                "trained": ex.trained,
+                "scales": list(ex.scales),
+                "nms_radius": ex.nms_radius,
+            },
         }
 
 
-def scales_tag(params: dict[str, Any]) -> list[str]:
-    """Cache-name part of a method's image-pyramid ``params["scales"]``: [] for one pass at scale 1."""
+def extraction_tag(params: dict[str, Any]) -> list[str]:
+    """Cache-name parts of a zippy method's non-default ``params``: the image pyramid ("x1.41+1") and the NMS
+    radius ("nms1"); [] for the defaults (one pass at scale 1, radius 4) and for the other methods."""
     scales = [float(s) for s in params.get("scales") or [1.0]]
-    return [] if scales == [1.0] else ["x" + "+".join(f"{s:g}" for s in scales)]
+    parts = [] if scales == [1.0] else ["x" + "+".join(f"{s:g}" for s in scales)]
+    if params.get("nms_radius", 4.0) != 4.0 and "scales" in params:
+        parts.append(f"nms{params['nms_radius']:g}")
+    return parts
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -330,6 +340,7 @@ def get_method(
     weights: str | os.PathLike | None = None,
     engine: str = "auto",
     scales: tuple[float, ...] = (1.0,),
+    nms_radius: float = 4.0,
     **kw: Any,
 ) -> Method:
     """Build a method by name.
@@ -339,6 +350,7 @@ def get_method(
         weights: weights file (ALIKED, zippy backbones); None takes the default.
         engine: zippy engine ("auto", "int8", "fp32", "onnx"); ignored by the other methods.
         scales: zippy image-pyramid scales (see ``zippy.load``); ignored by the other methods.
+        nms_radius: zippy keypoint NMS radius in px (see ``zippy.load``); ignored by the other methods.
         **kw: method options; ALIKED takes ``model_name`` ("aliked-t16" or "aliked-n16").
 
     Raises:
@@ -360,7 +372,7 @@ def get_method(
     if key in zippy_models:
         if kw:
             raise ValueError(f"zippy backbone {key} takes weights and engine only, got {sorted(kw)}")
-        return ZippyMethod(key, weights=weights, engine=engine, scales=scales)
+        return ZippyMethod(key, weights=weights, engine=engine, scales=scales, nms_radius=nms_radius)
     raise ValueError(f"unknown method {name!r}; choose from {available_methods()}")
 
 

@@ -75,6 +75,7 @@ class RelPoseConf:
         weights: method name -> weights file.
         engine: zippy engine.
         scales: zippy image-pyramid scales (``zippy.load``; other methods ignore them).
+        nms_radius: zippy keypoint NMS radius in px (``zippy.load``; other methods ignore it).
         num_threads: OpenCV / torch threads.
         seed: RANSAC seed.
         overwrite: recompute cached features.
@@ -88,6 +89,7 @@ class RelPoseConf:
     weights: dict[str, str | None] = field(default_factory=dict)
     engine: str = "auto"
     scales: tuple[float, ...] = (1.0,)
+    nms_radius: float = 4.0
     num_threads: int = 1
     seed: int = 0
     overwrite: bool = False
@@ -399,7 +401,9 @@ def run(conf: RelPoseConf, dataset_dir: str | os.PathLike, output_dir: str | os.
     skipped: dict[str, str] = {}
     for name in conf.methods:
         try:
-            method = get_method(name, weights=conf.weights.get(name), engine=conf.engine, scales=conf.scales)
+            method = get_method(
+                name, weights=conf.weights.get(name), engine=conf.engine, scales=conf.scales, nms_radius=conf.nms_radius
+            )
         except MethodUnavailableError as e:
             logger.warning("skipping method %s: %s", name, e)
             skipped[name] = str(e)

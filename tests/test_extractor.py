@@ -193,3 +193,13 @@ def test_scale_too_small_for_the_image(calibrated_zippypoint) -> None:
     ex = Extractor(calibrated_zippypoint, engine="fp32", scales=(1.0, 0.5))
     with pytest.raises(ValueError, match="below the 16x16 minimum"):
         ex.extract(np.zeros((20, 40, 3), np.uint8))
+
+
+def test_nms_radius(calibrated_zippypoint, rng_image: np.ndarray) -> None:
+    """A smaller radius suppresses fewer keypoints; bad radii are refused."""
+    counts = [len(Extractor(calibrated_zippypoint, nms_radius=r).extract(rng_image, 1000)) for r in (8, 4, 0)]
+    assert counts[0] <= counts[1] <= counts[2] and counts[0] < counts[2]
+    assert zippy.load("zippypoint_small", nms_radius=1).nms_radius == 1.0
+    for bad in (-1, "2", None, True):
+        with pytest.raises(ValueError, match="nms_radius must be a number >= 0"):
+            Extractor(calibrated_zippypoint, nms_radius=bad)

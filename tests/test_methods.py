@@ -125,12 +125,15 @@ def test_zippy_backbones(image):
 
 def test_zippy_pyramid_scales_reach_the_extractor_and_the_cache_name(image):
     from zippy_eval.hpatches.pipeline import _method_tag
-    from zippy_eval.methods import scales_tag
+    from zippy_eval.methods import extraction_tag
 
     one, two = get_method("zippypoint_small"), get_method("zippypoint_small", scales=(1.41, 1.0))
     assert one.info()["params"]["scales"] == [1.0] and two.info()["params"]["scales"] == [1.41, 1.0]
-    assert scales_tag(one.info()["params"]) == [] and scales_tag(two.info()["params"]) == ["x1.41+1"]
+    assert extraction_tag(one.info()["params"]) == [] and extraction_tag(two.info()["params"]) == ["x1.41+1"]
     assert _method_tag(two) == _method_tag(one) + "-x1.41+1"
+    three = get_method("zippypoint_small", scales=(1.41, 1.0), nms_radius=1)
+    assert three.info()["params"]["nms_radius"] == 1.0 and _method_tag(three) == _method_tag(two) + "-nms1"
+    assert extraction_tag(get_method("orb").info()["params"]) == []
     f1, f2 = one.extract(image[:96, :128], 50), two.extract(image[:96, :128], 50)
     assert len(f2) == 50 and not np.array_equal(f1.keypoints, f2.keypoints)
     assert get_method("orb", scales=(2.0,)).info()["name"] == "orb"  # non-zippy methods ignore the pyramid

@@ -27,7 +27,12 @@ if TYPE_CHECKING:
 
 
 def load(
-    name: str = "zippypoint", *, weights: Any = None, engine: str = "auto", scales: Sequence[float] = (1.0,)
+    name: str = "zippypoint",
+    *,
+    weights: Any = None,
+    engine: str = "auto",
+    scales: Sequence[float] = (1.0,),
+    nms_radius: float = 4.0,
 ) -> Extractor:
     """Build an extractor by model name (see :func:`available_models`).
 
@@ -39,6 +44,8 @@ def load(
         engine: "auto" (int8 where supported, else fp32), "int8", "fp32" (fake-quant network in float), "onnx".
         scales: image-pyramid scales, e.g. (1.41, 1.0): detect and describe at each, keep the best
             ``max_keypoints`` over all (more accurate, costs the sum of the scales' areas); default one pass.
+        nms_radius: keypoint NMS radius in px between neighbouring 8x8 cells (default 4; 0: none). 1 raises
+            MMA@3 on the development split (docs/hpatches.md, "Session 8").
 
     Raises:
         ValueError: unknown name or engine (the message lists the choices).
@@ -46,7 +53,7 @@ def load(
     """
     from zippy.extractor import Extractor
 
-    return Extractor.from_name(name, weights=weights, engine=engine, scales=scales)
+    return Extractor.from_name(name, weights=weights, engine=engine, scales=scales, nms_radius=nms_radius)
 
 
 def available_models() -> list[str]:

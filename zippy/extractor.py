@@ -39,6 +39,13 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return out
 
 
+def check_nms_radius(nms_radius: float) -> float:
+    """Validated keypoint NMS radius in px (>= 0; 0 keeps the best keypoint of every cell)."""
+    if isinstance(nms_radius, bool) or not isinstance(nms_radius, (int, float, np.number)) or not nms_radius >= 0:
+        raise ValueError(f"nms_radius must be a number >= 0 (px), got {nms_radius!r}")
+    return float(nms_radius)
+
+
 def _check_max_keypoints(max_keypoints: int) -> int:
     if isinstance(max_keypoints, bool) or not isinstance(max_keypoints, (int, np.integer)) or max_keypoints <= 0:
         raise ValueError(f"max_keypoints must be a positive integer, got {max_keypoints!r}")
@@ -53,7 +60,7 @@ class Extractor:
         binary: True when descriptors are packed bits uint8 [N, 32].
         trained: False when running untrained (random) weights.
         weights_path / weights_sha256: the weights file used, if any.
-        nms_radius: px radius of the keypoint NMS (default 4).
+        nms_radius: px radius of the keypoint NMS between neighbouring cells (default 4; 0: none).
         scales: image-pyramid scales (default (1.0,), one pass). With several, the image is resized by
             each factor, keypoints are detected and described at every scale, mapped back to the
             image's pixels and the ``max_keypoints`` best by score kept over all scales. On the
@@ -79,13 +86,19 @@ class Extractor:
         self.weights_sha256 = file_sha256(weights_path) if weights_path is not None else None
         self.meta = dict(meta or {})
         self.trained = weights_path is not None and bool(self.meta.get("trained", True))
-        self.nms_radius = nms_radius
+        self.nms_radius = check_nms_radius(nms_radius)
         self.scales = check_scales(scales)
         self.engine, self._net = self._make_engine(engine)
 
     @classmethod
     def from_name(
-        cls, name: str = "zippypoint", *, weights: Any = None, engine: str = "auto", scales: Sequence[float] = (1.0,)
+        cls,
+        name: str = "zippypoint",
+        *,
+        weights: Any = None,
+        engine: str = "auto",
+        scales: Sequence[float] = (1.0,),
+        nms_radius: float = 4.0,
     ) -> Extractor:
         """See :func:`zippy.load`."""
         backbones = available()
@@ -100,11 +113,12 @@ class Extractor:
         if path is None:
             log.warning("no trained weights ship for %r: using UNTRAINED random weights", name)
             torch.manual_seed(0)
-            return cls(KeypointNet(ModelConfig(backbone=name)), engine=engine, scales=scales)
+            return cls(KeypointNet(ModelConfig(backbone=name)), engine=engine, scales=scales, nms_radius=nms_radius)
         cfg, state, meta = load_weights(path)
         if cfg.backbone != name and weights is not None:
             log.info("weights %s hold backbone %r (asked for %r): using the file's", path, cfg.backbone, name)
-        return cls(build_model(cfg, state), engine=engine, weights_path=path, meta=meta, scales=scales)
+        model = build_model(cfg, state)
+        return cls(model, engine=engine, weights_path=path, meta=meta, scales=scales, nms_radius=nms_radius)
 
     # --- engines -------------------------------------------------------------------------------
     def _make_engine(self, engine: str) -> tuple[str, NetFn]:

@@ -33,7 +33,7 @@ import numpy as np
 from zippy.features import Features
 from zippy_eval.hpatches.dataset import HPatchesDataset, HSequence, load_hpatches
 from zippy_eval.hpatches.metrics import DEFAULT_ACCURACY_THRESHOLDS, DEFAULT_MMA_THRESHOLDS, evaluate_pair
-from zippy_eval.methods import Method, MethodUnavailableError, get_method, scales_tag
+from zippy_eval.methods import Method, MethodUnavailableError, extraction_tag, get_method
 
 __all__ = ["DEFAULT_SETTINGS", "HPatchesConfig", "Setting", "run"]
 
@@ -82,6 +82,7 @@ class HPatchesConfig:
         weights: method name -> weights file (ALIKED, zippy backbones).
         engine: zippy engine.
         scales: zippy image-pyramid scales (``zippy.load``; other methods ignore them).
+        nms_radius: zippy keypoint NMS radius in px (``zippy.load``; other methods ignore it).
         include, exclude: glob patterns on sequence names.
         overwrite: recompute cached features.
         rep_threshold: repeatability / localization distance (px).
@@ -99,6 +100,7 @@ class HPatchesConfig:
     weights: dict[str, str] = field(default_factory=dict)
     engine: str = "auto"
     scales: tuple[float, ...] = (1.0,)
+    nms_radius: float = 4.0
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     overwrite: bool = False
@@ -152,6 +154,7 @@ class HPatchesConfig:
             "threads": self.threads,
             "engine": self.engine,
             "scales": list(self.scales),
+            "nms_radius": self.nms_radius,
         }
 
 
@@ -172,7 +175,7 @@ def _method_tag(method: Method) -> str:
     for key in ("model_name", "engine"):
         if params.get(key):
             parts.append(str(params[key]))
-    return _slug("-".join(parts + scales_tag(params)))
+    return _slug("-".join(parts + extraction_tag(params)))
 
 
 def _dataset_tags(datasets: Sequence[HPatchesDataset]) -> list[str]:
@@ -541,7 +544,15 @@ def run(
     skipped_methods: dict[str, str] = {}
     for name in conf.methods:
         try:
-            methods.append(get_method(name, weights=conf.weights.get(name), engine=conf.engine, scales=conf.scales))
+            methods.append(
+                get_method(
+                    name,
+                    weights=conf.weights.get(name),
+                    engine=conf.engine,
+                    scales=conf.scales,
+                    nms_radius=conf.nms_radius,
+                )
+            )
         except MethodUnavailableError as e:
             logger.warning("skipping method %s: %s", name, e)
             skipped_methods[name] = str(e)

@@ -34,7 +34,7 @@ from zippy_eval.localization.localize import LocalizationResult, LocalizeOptions
 from zippy_eval.localization.mapping import MappingOptions, map_stats, reconstruct, triangulate
 from zippy_eval.localization.pairs import pairs_exhaustive, pairs_from_retrieval, pairs_to, write_pairs
 from zippy_eval.localization.poses import Pose, pose_error, recall_at, write_poses
-from zippy_eval.methods import scales_tag
+from zippy_eval.methods import extraction_tag
 
 __all__ = [
     "THRESHOLDS",
@@ -67,6 +67,7 @@ class LocalizationConf:
         weights: method name -> weights file (None entries: default weights).
         engine: zippy engine ("auto", "int8", "fp32", "onnx").
         scales: zippy image-pyramid scales (``zippy.load``; other methods ignore them).
+        nms_radius: zippy keypoint NMS radius in px (``zippy.load``; other methods ignore it).
         mapping: "auto" (triangulate from known poses, SfM otherwise; SfM for leave-one-out),
             "triangulate" or "sfm".
         pairs: "exhaustive" or "retrieval" (query / map pairs ranked by the match count of the
@@ -91,6 +92,7 @@ class LocalizationConf:
     weights: dict[str, str | None] = field(default_factory=dict)
     engine: str = "auto"
     scales: tuple[float, ...] = (1.0,)
+    nms_radius: float = 4.0
     mapping: str = "auto"
     pairs: str = "exhaustive"
     num_neighbors: int = 10
@@ -149,7 +151,7 @@ def method_tag(method: Any, conf: Any) -> str:
     engine = (info.get("params") or {}).get("engine")
     if engine:
         parts.append(str(engine))
-    return slug("-".join(parts + scales_tag(info.get("params") or {})))
+    return slug("-".join(parts + extraction_tag(info.get("params") or {})))
 
 
 def _resize_factor(size: tuple[int, int], resize_max: int) -> float:
@@ -654,7 +656,9 @@ def run(conf: LocalizationConf, dataset: LocalizationDataset, output_dir: str | 
     gt = dataset.query_gt is not None
     for name in conf.methods:
         try:
-            method = get_method(name, weights=conf.weights.get(name), engine=conf.engine, scales=conf.scales)
+            method = get_method(
+                name, weights=conf.weights.get(name), engine=conf.engine, scales=conf.scales, nms_radius=conf.nms_radius
+            )
         except MethodUnavailableError as e:
             logger.warning("skipping method %s: %s", name, e)
             skipped[name] = str(e)
