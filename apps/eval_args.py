@@ -66,9 +66,15 @@ def add_scales_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_nms_option(parser: argparse.ArgumentParser) -> None:
-    """``--nms-radius PX``: the zippy keypoint NMS radius."""
+    """``--nms-radius PX``: the zippy keypoint NMS radius (default ``zippy.DEFAULT_NMS_RADIUS``)."""
+    from zippy import DEFAULT_NMS_RADIUS
+
     parser.add_argument(
-        "--nms-radius", type=float, default=4.0, metavar="PX", help="zippy keypoint NMS radius in px (default 4)"
+        "--nms-radius",
+        type=float,
+        default=DEFAULT_NMS_RADIUS,
+        metavar="PX",
+        help=f"zippy keypoint NMS radius in px (default {DEFAULT_NMS_RADIUS:g})",
     )
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from zippy import DEFAULT_NMS_RADIUS
 from zippy.features import Features
 
 __all__ = [
@@ -273,7 +274,7 @@ class ZippyMethod(Method):
         weights: str | os.PathLike | None = None,
         engine: str = "auto",
         scales: tuple[float, ...] = (1.0,),
-        nms_radius: float = 4.0,
+        nms_radius: float = DEFAULT_NMS_RADIUS,
     ) -> None:
         import zippy
 
@@ -306,13 +307,14 @@ class ZippyMethod(Method):
 
 
 def extraction_tag(params: dict[str, Any]) -> list[str]:
-    """Cache-name parts of a zippy method's non-default ``params``: the image pyramid ("x1.41+1") and the NMS
-    radius ("nms1"); [] for the defaults (one pass at scale 1, radius 4) and for the other methods."""
-    scales = [float(s) for s in params.get("scales") or [1.0]]
+    """Cache-name parts of a zippy method's extraction ``params``: the image pyramid unless one pass at scale 1
+    ("x1.41+1") and always the NMS radius ("nms1"; caches of the time before it was recorded, radius 4, are
+    thus never reused for another radius); [] for the other methods (no "scales" entry)."""
+    if "scales" not in params:
+        return []
+    scales = [float(s) for s in params["scales"]]
     parts = [] if scales == [1.0] else ["x" + "+".join(f"{s:g}" for s in scales)]
-    if params.get("nms_radius", 4.0) != 4.0 and "scales" in params:
-        parts.append(f"nms{params['nms_radius']:g}")
-    return parts
+    return [*parts, f"nms{float(params['nms_radius']):g}"]
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -340,7 +342,7 @@ def get_method(
     weights: str | os.PathLike | None = None,
     engine: str = "auto",
     scales: tuple[float, ...] = (1.0,),
-    nms_radius: float = 4.0,
+    nms_radius: float = DEFAULT_NMS_RADIUS,
     **kw: Any,
 ) -> Method:
     """Build a method by name.

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from zippy import DEFAULT_NMS_RADIUS
+
 __all__ = [
     "RelPoseConf",
     "RelPosePair",
@@ -89,7 +91,7 @@ class RelPoseConf:
     weights: dict[str, str | None] = field(default_factory=dict)
     engine: str = "auto"
     scales: tuple[float, ...] = (1.0,)
-    nms_radius: float = 4.0
+    nms_radius: float = DEFAULT_NMS_RADIUS
     num_threads: int = 1
     seed: int = 0
     overwrite: bool = False

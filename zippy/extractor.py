@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zippy import DEFAULT_NMS_RADIUS
 from zippy.features import Features
 from zippy.image import to_tensor
 from zippy.models import KeypointNet, ModelConfig, available
@@ -60,7 +61,8 @@ class Extractor:
         binary: True when descriptors are packed bits uint8 [N, 32].
         trained: False when running untrained (random) weights.
         weights_path / weights_sha256: the weights file used, if any.
-        nms_radius: px radius of the keypoint NMS between neighbouring cells (default 4; 0: none).
+        nms_radius: px radius of the keypoint NMS between neighbouring cells (default ``DEFAULT_NMS_RADIUS``,
+            1; 0: none).
         scales: image-pyramid scales (default (1.0,), one pass). With several, the image is resized by
             each factor, keypoints are detected and described at every scale, mapped back to the
             image's pixels and the ``max_keypoints`` best by score kept over all scales. On the
@@ -75,7 +77,7 @@ class Extractor:
         engine: str = "fp32",
         weights_path: Path | None = None,
         meta: dict[str, Any] | None = None,
-        nms_radius: float = 4.0,
+        nms_radius: float = DEFAULT_NMS_RADIUS,
         scales: Sequence[float] = (1.0,),
     ):
         self.model = model.eval()
@@ -98,7 +100,7 @@ class Extractor:
         weights: Any = None,
         engine: str = "auto",
         scales: Sequence[float] = (1.0,),
-        nms_radius: float = 4.0,
+        nms_radius: float = DEFAULT_NMS_RADIUS,
     ) -> Extractor:
         """See :func:`zippy.load`."""
         backbones = available()

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from zippy import DEFAULT_NMS_RADIUS
 from zippy.features import Features
 from zippy_eval.hpatches.dataset import HPatchesDataset, HSequence, load_hpatches
 from zippy_eval.hpatches.metrics import DEFAULT_ACCURACY_THRESHOLDS, DEFAULT_MMA_THRESHOLDS, evaluate_pair
@@ -100,7 +101,7 @@ class HPatchesConfig:
     weights: dict[str, str] = field(default_factory=dict)
     engine: str = "auto"
     scales: tuple[float, ...] = (1.0,)
-    nms_radius: float = 4.0
+    nms_radius: float = DEFAULT_NMS_RADIUS
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     overwrite: bool = False

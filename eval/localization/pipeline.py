@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from zippy import DEFAULT_NMS_RADIUS
 from zippy.features import Features
 from zippy_eval.localization import features_h5
 from zippy_eval.localization.datasets import LocalizationDataset
@@ -92,7 +93,7 @@ class LocalizationConf:
     weights: dict[str, str | None] = field(default_factory=dict)
     engine: str = "auto"
     scales: tuple[float, ...] = (1.0,)
-    nms_radius: float = 4.0
+    nms_radius: float = DEFAULT_NMS_RADIUS
     mapping: str = "auto"
     pairs: str = "exhaustive"
     num_neighbors: int = 10
