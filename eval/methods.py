@@ -49,6 +49,7 @@ __all__ = [
     "extraction_tag",
     "get_method",
     "match_features",
+    "method_for_run",
     "sha256_file",
 ]
 
@@ -376,6 +377,14 @@ def get_method(
             raise ValueError(f"zippy backbone {key} takes weights and engine only, got {sorted(kw)}")
         return ZippyMethod(key, weights=weights, engine=engine, scales=scales, nms_radius=nms_radius)
     raise ValueError(f"unknown method {name!r}; choose from {available_methods()}")
+
+
+def method_for_run(name: str, conf: Any) -> Method:
+    """:func:`get_method` with an evaluation config's ``weights`` (a {method: file} dict), ``engine``, ``scales``
+    and ``nms_radius`` (the HPatches, localization and relative-pose configs all carry them)."""
+    return get_method(
+        name, weights=conf.weights.get(name), engine=conf.engine, scales=conf.scales, nms_radius=conf.nms_radius
+    )
 
 
 def match_features(

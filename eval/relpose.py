@@ -391,7 +391,7 @@ def run(conf: RelPoseConf, dataset_dir: str | os.PathLike, output_dir: str | os.
         ValueError: wrong layout or no method can run.
     """
     from zippy_eval.localization.pipeline import method_tag, set_threads
-    from zippy_eval.methods import MethodUnavailableError, get_method
+    from zippy_eval.methods import MethodUnavailableError, method_for_run
     from zippy_eval.results import write_summary, write_text
 
     output_dir = Path(output_dir)
@@ -403,9 +403,7 @@ def run(conf: RelPoseConf, dataset_dir: str | os.PathLike, output_dir: str | os.
     skipped: dict[str, str] = {}
     for name in conf.methods:
         try:
-            method = get_method(
-                name, weights=conf.weights.get(name), engine=conf.engine, scales=conf.scales, nms_radius=conf.nms_radius
-            )
+            method = method_for_run(name, conf)
         except MethodUnavailableError as e:
             logger.warning("skipping method %s: %s", name, e)
             skipped[name] = str(e)

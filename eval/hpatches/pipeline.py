@@ -34,7 +34,7 @@ from zippy import DEFAULT_NMS_RADIUS
 from zippy.features import Features
 from zippy_eval.hpatches.dataset import HPatchesDataset, HSequence, load_hpatches
 from zippy_eval.hpatches.metrics import DEFAULT_ACCURACY_THRESHOLDS, DEFAULT_MMA_THRESHOLDS, evaluate_pair
-from zippy_eval.methods import Method, MethodUnavailableError, extraction_tag, get_method
+from zippy_eval.methods import Method, MethodUnavailableError, extraction_tag, method_for_run
 
 __all__ = ["DEFAULT_SETTINGS", "HPatchesConfig", "Setting", "run"]
 
@@ -545,15 +545,7 @@ def run(
     skipped_methods: dict[str, str] = {}
     for name in conf.methods:
         try:
-            methods.append(
-                get_method(
-                    name,
-                    weights=conf.weights.get(name),
-                    engine=conf.engine,
-                    scales=conf.scales,
-                    nms_radius=conf.nms_radius,
-                )
-            )
+            methods.append(method_for_run(name, conf))
         except MethodUnavailableError as e:
             logger.warning("skipping method %s: %s", name, e)
             skipped_methods[name] = str(e)

@@ -641,7 +641,7 @@ def run(conf: LocalizationConf, dataset: LocalizationDataset, output_dir: str | 
     Raises:
         ValueError: every method unavailable, or an impossible configuration for the dataset.
     """
-    from zippy_eval.methods import MethodUnavailableError, get_method
+    from zippy_eval.methods import MethodUnavailableError, method_for_run
     from zippy_eval.results import write_summary, write_text
 
     output_dir = Path(output_dir)
@@ -657,9 +657,7 @@ def run(conf: LocalizationConf, dataset: LocalizationDataset, output_dir: str | 
     gt = dataset.query_gt is not None
     for name in conf.methods:
         try:
-            method = get_method(
-                name, weights=conf.weights.get(name), engine=conf.engine, scales=conf.scales, nms_radius=conf.nms_radius
-            )
+            method = method_for_run(name, conf)
         except MethodUnavailableError as e:
             logger.warning("skipping method %s: %s", name, e)
             skipped[name] = str(e)
