@@ -56,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill", default=None, help="teacher: aliked, an ALIKED .pth, a zippy weights file or 'kp2d'")
     p.add_argument("--distill-weight", type=float, default=1.0)
     p.add_argument(
+        "--distill-options",
+        default="{}",
+        help="JSON overrides of DistillConfig, e.g. '{\"max_points\": 64}' (teacher points per training view)",
+    )
+    p.add_argument(
         "--teacher-cache",
         default=None,
         help="folder of the ALIKED teacher cache, shareable between runs (default OUT/teacher_cache)",
@@ -142,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         float_warmup_steps=args.float_warmup_steps,
         distill=args.distill,
         distill_weight=args.distill_weight,
+        distill_options=_json_object("--distill-options", args.distill_options),
         teacher_cache=args.teacher_cache,
         model_options=options,
         model_config=model,

@@ -86,11 +86,17 @@ def test_orb_and_zippy_end_to_end(dataset, tmp_path):
         a = agg[m]["all"]
         assert 0.0 <= a["repeatability"] <= 1.0 and 0.0 <= a["matching_score"] <= 1.0
         assert summary["timings_ms_per_image"][dtag][SETTING.tag][m] > 0
+        # the wrong-match causes add up to the wrong matches of all pairs
+        rows = [r for r in summary["rows"] if r["method"] == m]
+        wrong = 1 - sum(r["n_correct@3"] for r in rows) / sum(r["n_matches"] for r in rows)
+        causes = a["wrong_out_of_view"] + a["wrong_no_partner"] + a["wrong_partner_elsewhere"]
+        assert causes == pytest.approx(wrong) and 0.0 <= a["wrong_far"] <= wrong
     if "zippypoint" in evaluated:
         assert "trained" in summary["methods"]["zippypoint"]["params"]
 
     table = (out / "table.md").read_text()
     assert "| orb |" in table and SETTING.tag in table and "v_broken" in table
+    assert "wrong mutual matches at 3 px by cause" in table
     assert (out / f"mma_{dtag}.png").stat().st_size > 1000
 
     # rerun: every feature comes from the cache (files untouched), same numbers

@@ -14,6 +14,7 @@ from zippy_eval.hpatches.metrics import (
     mean_matching_accuracy,
     repeatability,
     reprojection_errors,
+    wrong_matches,
 )
 
 SIZE = (320, 240)  # (width, height)
@@ -165,6 +166,33 @@ def test_matching_score_without_matches_is_zero():
     assert matching_score(kp, kp, e, e, I3, SIZE, SIZE) == 0.0
 
 
+# ------------------------------------------------------------------------------------------- wrong matches
+
+
+def test_wrong_matches_are_counted_by_cause():
+    # H shifts by +100 px in x: kp0 at x = 250 warps to 350, outside the 320 px wide image 1
+    kp0 = np.array([[10.0, 10.0], [20.0, 50.0], [30.0, 100.0], [40.0, 150.0], [250.0, 60.0]])
+    kp1 = np.array(
+        [
+            [110.0, 10.0],  # kp0[0]'s true position: match 0 -> 0 is right
+            [120.0, 50.0],  # kp0[1]'s partner, but kp0[1] is matched to kp1[2]: partner elsewhere
+            [300.0, 200.0],  # far from everything
+            [141.0, 190.0],  # 40 px from kp0[3]'s true position (140, 150), which has no keypoint
+            [10.0, 10.0],
+        ]
+    )
+    pairs = np.array([[0, 0], [1, 2], [3, 3], [4, 4]])
+    counts = wrong_matches(kp0, kp1, pairs, shift(100, 0), SIZE)
+    assert counts == {
+        "wrong_out_of_view": 1,  # kp0[4]
+        "wrong_no_partner": 1,  # kp0[3]
+        "wrong_partner_elsewhere": 1,  # kp0[1]
+        "wrong_far": 3,  # errors 234, 40 and 344 px
+    }
+    assert sum(counts.values()) - counts["wrong_far"] == len(pairs) - 1  # every wrong match has one cause
+    assert set(wrong_matches(kp0, kp1, pairs[:1], shift(100, 0), SIZE).values()) == {0}
+
+
 # ------------------------------------------------------------------------------------------- evaluate_pair
 
 
@@ -177,6 +205,7 @@ def test_evaluate_pair_identity_row():
     assert row["matching_score"] == 1.0
     assert row["mma"] == [1.0] * 10
     assert (row["n_kp0"], row["n_matches"], row["n_correct@3"], row["n_inliers"]) == (36, 36, 36, 36)
+    assert row["wrong_out_of_view"] == row["wrong_no_partner"] == row["wrong_partner_elsewhere"] == 0
 
 
 def test_evaluate_pair_with_empty_features():

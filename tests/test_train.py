@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -161,6 +162,14 @@ def test_distillation_from_a_network_teacher_is_logged(image_folder: Path, tmp_p
     log = [json.loads(line) for line in (tmp_path / "d" / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
     assert len(steps) == 2 and all(np.isfinite(r["distill"]) and r["distill"] > 0 for r in steps)
+    assert all(r["distill_desc"] > 0 for r in steps)
+    # distill_options reach the teacher: without teacher points only the score part (all cells empty) is left
+    train(replace(tc, out_dir=str(tmp_path / "none"), distill_options={"max_points": 0}), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "none" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert len(steps) == 2 and all(r["distill_desc"] == 0 and r["distill_coord"] == 0 for r in steps)
+    with pytest.raises(ValueError, match="max_point"):
+        train(replace(tc, out_dir=str(tmp_path / "bad"), distill_options={"max_point": 64}), progress=False)
 
 
 def test_batchnorm_recalibration_matches_batch_statistics() -> None:
@@ -285,6 +294,27 @@ def test_descriptor_losses_rank_the_positive_first(kind: str) -> None:
     assert np.isfinite(parts["desc"]) and parts["desc_precision"] > 0.5
     with pytest.raises(ValueError, match="desc_loss"):
         LossConfig(desc_loss="hardest")
+
+
+def test_symmetric_descriptor_loss_reaches_source_points_out_of_the_targets_view() -> None:
+    torch.manual_seed(0)
+    model = KeypointNet(ModelConfig(backbone="zippypoint", widths=(8, 16, 16), feat_dim=32)).train()
+    with torch.no_grad():
+        out0, out1 = model(torch.rand(1, 3, 64, 96)), model(torch.rand(1, 3, 64, 96))
+    H = torch.tensor([[[1.0, 0.0, -48.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # source x < 56 is out of view
+    valid = torch.ones(1, 1, 64, 96)
+    cfg = dict(loc_weight=0.0, score_weight=0.0)
+    grads = {}
+    for symmetric in (False, True):
+        desc0 = out0["desc"].clone().requires_grad_(True)
+        loss, _ = pair_loss({**out0, "desc": desc0}, out1, H, valid, binary=True, ones=64, temperature=0.5,
+                            cfg=LossConfig(desc_symmetric=symmetric, **cfg))  # fmt: skip
+        loss.backward()
+        grads[symmetric] = desc0.grad[0].abs().sum(0)  # [16, 24] cells of 4 px
+    # cells of source x < 48 hold only keypoints out of the target's view (anchors start at x = 56)
+    assert float(grads[False][:, :12].sum()) == 0.0
+    assert float(grads[True][:, :12].sum()) > 0.0
+    assert float(grads[False][:, 14:].sum()) > 0.0
 
 
 def test_bm_converts_from_init_and_pruned_ships_smaller(image_folder: Path, tmp_path: Path) -> None:

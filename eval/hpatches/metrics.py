@@ -28,6 +28,12 @@ Definitions (per pair):
 * **MMA** at t = 1..10 px (D2-Net): the fraction of mutual-nearest-neighbour matches whose
   reprojection error ||H(k0) - k1|| <= t, over all matches of the pair (no visibility filter); 0 for
   a pair without matches. Aggregates average the per-pair values.
+* **Wrong mutual matches** at eps (3 px), counted per pair by cause (:func:`wrong_matches`): the
+  keypoint of image 0 warps outside image 1 (*out of view*); it warps inside but no keypoint of
+  image 1 lies within eps of it (*no partner*: the detector missed it); or such a partner exists and
+  the descriptor chose another keypoint (*partner elsewhere*). Also counted: wrong matches farther
+  than 32 px from the true position (*far*: not a near miss). Aggregates pool the counts of all pairs
+  and divide by all their mutual matches.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from zippy.geometry import corner_error, estimate_homography, visible_mask, warp
 __all__ = [
     "DEFAULT_ACCURACY_THRESHOLDS",
     "DEFAULT_MMA_THRESHOLDS",
+    "FAR_WRONG_PX",
+    "WRONG_KEYS",
     "HomographyResult",
     "RepeatabilityResult",
     "evaluate_pair",
@@ -50,7 +58,11 @@ __all__ = [
     "mean_matching_accuracy",
     "repeatability",
     "reprojection_errors",
+    "wrong_matches",
 ]
+
+FAR_WRONG_PX = 32.0
+WRONG_KEYS = ("wrong_out_of_view", "wrong_no_partner", "wrong_partner_elsewhere", "wrong_far")
 
 DEFAULT_MMA_THRESHOLDS: tuple[int, ...] = tuple(range(1, 11))
 DEFAULT_ACCURACY_THRESHOLDS: tuple[int, ...] = (1, 3, 5)
@@ -145,6 +157,44 @@ def reprojection_errors(kp0: np.ndarray, kp1: np.ndarray, pairs: np.ndarray, H: 
     if len(pairs) == 0:
         return np.zeros(0, np.float64)
     return np.linalg.norm(warp_points(kp0[pairs[:, 0]], H) - kp1[pairs[:, 1]], axis=1)
+
+
+def wrong_matches(
+    kp0: np.ndarray,
+    kp1: np.ndarray,
+    pairs: np.ndarray,
+    H: np.ndarray,
+    size1: tuple[int, int],
+    threshold: float = 3.0,
+    far_px: float = FAR_WRONG_PX,
+) -> dict[str, int]:
+    """Wrong matches (error > ``threshold`` px) of one pair counted by cause (see the module doc).
+
+    Args:
+        kp0, kp1: keypoints float [N0,2], [N1,2]. pairs: int [K,2] mutual-NN matches.
+        H: float64 [3,3], image 0 -> image 1. size1: (width, height) of image 1.
+
+    Returns:
+        ints ``wrong_out_of_view``, ``wrong_no_partner``, ``wrong_partner_elsewhere`` (they sum to the
+        wrong matches) and ``wrong_far`` (error > ``far_px``, any cause).
+    """
+    err = reprojection_errors(kp0, kp1, pairs, H)
+    counts = dict.fromkeys(WRONG_KEYS, 0)
+    wrong = err > threshold
+    if not wrong.any():
+        return counts
+    kp0, kp1, pairs = _points(kp0, "kp0"), _points(kp1, "kp1"), np.asarray(pairs).reshape(-1, 2)
+    w = warp_points(kp0[pairs[wrong, 0]], _homography(H))
+    in_view = visible_mask(w, *size1)
+    if len(kp1):
+        partner = _pairwise_distances(w, kp1).min(axis=1) <= threshold
+    else:
+        partner = np.zeros(len(w), bool)
+    counts["wrong_out_of_view"] = int((~in_view).sum())
+    counts["wrong_no_partner"] = int((in_view & ~partner).sum())
+    counts["wrong_partner_elsewhere"] = int((in_view & partner).sum())
+    counts["wrong_far"] = int((err > far_px).sum())
+    return counts
 
 
 def mean_matching_accuracy(
@@ -287,7 +337,7 @@ def evaluate_pair(
     Returns:
         keys n_kp0, n_kp1, n_shared0, n_shared1, repeatability, localization_error, n_matches,
         n_inliers, corner_error, h_acc@t (bool per accuracy threshold), matching_score, mma (list [T]),
-        n_correct@3 (matches with error <= 3 px).
+        n_correct@3 (matches with error <= 3 px) and the :func:`wrong_matches` counts at 3 px.
     """
     rep = repeatability(kp0, kp1, H, size0, size1, rep_threshold)
     hom = homography_accuracy(kp0, kp1, mutual, H, size0, accuracy_thresholds, ransac_threshold, max_iters)
@@ -308,4 +358,5 @@ def evaluate_pair(
         row[f"h_acc@{t:g}"] = hom.correct[t]
     row["matching_score"] = matching_score(kp0, kp1, nn01, nn10, H, size0, size1, ms_threshold)
     row["mma"] = _accuracy_curve(err, mma_thresholds).tolist()
+    row.update(wrong_matches(kp0, kp1, mutual, H, size1, 3.0))
     return row

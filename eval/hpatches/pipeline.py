@@ -33,7 +33,13 @@ import numpy as np
 from zippy import DEFAULT_NMS_RADIUS
 from zippy.features import Features
 from zippy_eval.hpatches.dataset import HPatchesDataset, HSequence, load_hpatches
-from zippy_eval.hpatches.metrics import DEFAULT_ACCURACY_THRESHOLDS, DEFAULT_MMA_THRESHOLDS, evaluate_pair
+from zippy_eval.hpatches.metrics import (
+    DEFAULT_ACCURACY_THRESHOLDS,
+    DEFAULT_MMA_THRESHOLDS,
+    FAR_WRONG_PX,
+    WRONG_KEYS,
+    evaluate_pair,
+)
 from zippy_eval.methods import Method, MethodUnavailableError, extraction_tag, method_for_run
 
 __all__ = ["DEFAULT_SETTINGS", "HPatchesConfig", "Setting", "run"]
@@ -416,6 +422,10 @@ def _aggregate_group(rows: Sequence[dict[str, Any]], conf: HPatchesConfig) -> di
             agg[f"mma@{t:g}"] = float(v)
     for key in ("n_kp0", "n_kp1", "n_matches", "n_inliers", "n_correct@3"):
         agg[key] = _mean([r[key] for r in rows])
+    # causes of the wrong matches, pooled: counts of all pairs over all their mutual matches
+    n_matches = sum(r["n_matches"] for r in rows)
+    for key in WRONG_KEYS:
+        agg[key] = sum(r[key] for r in rows) / n_matches if n_matches else None
     return agg
 
 
@@ -476,9 +486,30 @@ def _table(summary: dict[str, Any], conf: HPatchesConfig) -> str:
             if any(r[1] is not None for r in split_body) and any(r[5] is not None for r in split_body):
                 sh = ["method", "i Rep", "i H@3", "i MS", "i MMA@3", "v Rep", "v H@3", "v MS", "v MMA@3"]
                 lines += [f"{stag}, illumination (i) / viewpoint (v):", "", markdown_table(sh, split_body), ""]
+            lines += _wrong_table(stag, by_method)
         lines.append(f"![MMA]({summary['plots'][dtag]})")
         lines.append("")
     return "\n".join(lines)
+
+
+def _wrong_table(stag: str, by_method: dict[str, Any]) -> list[str]:
+    """Lines of the table of wrong-match causes (fractions of all mutual matches) per split."""
+    from zippy_eval.results import markdown_table
+
+    headers, body = ["method"], []
+    for g in ("i", "v"):
+        headers += [f"{g} {name}" for name in ("out of view", "no partner", "partner elsewhere", "far")]
+    for mname, groups in by_method.items():
+        body.append([mname] + [groups.get(g, {}).get(key) for g in ("i", "v") for key in WRONG_KEYS])
+    if all(v is None for row in body for v in row[1:]):
+        return []
+    note = (
+        f"{stag}, wrong mutual matches at 3 px by cause, as fractions of all mutual matches of all pairs (the "
+        f"first three add up to the pooled wrong fraction, near 1 - MMA@3, which averages per pair): out of "
+        f"the other view; in view without a keypoint within 3 px (no partner); with one, but matched "
+        f"elsewhere; far: wrong by more than {FAR_WRONG_PX:g} px, any cause."
+    )
+    return [note, "", markdown_table(headers, body), ""]
 
 
 def _plot(aggregates: dict[str, Any], dtag: str, conf: HPatchesConfig, path: Path) -> Path:

@@ -6,7 +6,10 @@ For every source cell keypoint p0 warped into the target (p0w = H p0) and visibl
 * descriptor: InfoNCE over the target keypoints farther than ``neg_px`` from p0w (a softmax over
   the positive and all those negatives, similarity = -distance / ``nce_temperature``; the default),
   or (``desc_loss="triplet"``) KP2D's triplet loss with the hardest of them, which collapsed the
-  binary descriptors in our runs (docs/training.md). Binary descriptors go through
+  binary descriptors in our runs (docs/training.md). With ``desc_symmetric`` the loss is averaged
+  with the same loss in the other direction (target keypoints as anchors, every source keypoint
+  as a candidate negative), so source keypoints outside the target's view, which the one-way loss
+  never sees, are pushed away from the target descriptors too. Binary descriptors go through
   BinNormTrain (soft top-k, sum = k) and use the Hamming-equivalent distance d = 1 - <y0, y1> / k
   (= Hamming / (2k) for hard bits); float ones are L2-normalized and use the Euclidean distance.
 """
@@ -38,6 +41,7 @@ class LossConfig:
     margin_float: float = 0.2
     desc_loss: str = "nce"  # "nce" (softmax over all negatives) or "triplet" (hardest negative)
     nce_temperature: float | None = None  # None: 0.05 for binary descriptors, 0.1 for float ones
+    desc_symmetric: bool = False  # also target -> source (negatives include source points out of view)
 
     def __post_init__(self) -> None:
         if self.desc_loss not in ("nce", "triplet"):
@@ -117,6 +121,16 @@ def pair_loss(
     desc_loss, precision = _descriptor_loss(
         out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones, temperature, cfg
     )
+    if cfg.desc_symmetric:
+        # target anchors seen in the source crop; negatives: every source keypoint, in view of the target or not
+        p1w = warp_points_torch(p1, torch.linalg.inv(H))
+        ok1_back = ok1 & _inside(p1w, wimg, himg, cfg.border_px)
+        ok0_all = _inside(p0, wimg, himg, cfg.border_px)
+        back, back_precision = _descriptor_loss(
+            out1, out0, p1, p1w, p0, ok1_back, ok0_all, wimg, himg, binary, ones, temperature, cfg
+        )
+        desc_loss = 0.5 * (desc_loss + back)
+        precision = 0.5 * (precision + back_precision)
     total = cfg.loc_weight * loc + cfg.score_weight * score + cfg.desc_weight * desc_loss
     parts = {
         "loss": float(total.detach()),

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from zippy.quant.layers import reset_activation_ranges, set_fake_quant
 from zippy.quant.ste import set_ste
 from zippy.train.bn import recalibrate_batchnorm
 from zippy.train.data import TRAIN_GLOBS, AugmentConfig, HomographyPairs, augment_config, list_images
-from zippy.train.distill import Distiller, make_teacher
+from zippy.train.distill import DistillConfig, Distiller, make_teacher
 from zippy.train.init import init_from
 from zippy.train.losses import LossConfig, pair_loss
 from zippy.train.validate import VALIDATION_PHOTOMETRY, ValidationSet, validate
@@ -73,12 +73,22 @@ class TrainConfig:
     ste: str = "ste"  # straight-through estimator of quantized layers: "ste" or "ana" (additive noise annealing)
     distill: str | None = None  # teacher: "aliked", an ALIKED .pth, a zippy weights file or a shipped backbone
     distill_weight: float = 1.0
+    distill_options: dict[str, Any] = field(default_factory=dict)  # DistillConfig overrides, e.g. {"max_points": 64}
     teacher_cache: str | None = None  # cache folder of a cached teacher (ALIKED); default out_dir/teacher_cache
     model_options: dict[str, Any] = field(default_factory=dict)  # backbone options (ModelConfig.options)
     model_config: dict[str, Any] = field(default_factory=dict)  # other ModelConfig fields (e.g. feat_dim)
     bn_recal_batches: int = 8  # batches of training pairs used to recalibrate BN before validating / exporting
     loss: dict[str, Any] = field(default_factory=dict)
     augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig overrides (not the crop sizes)
+
+
+def _overridden(cls: type, overrides: dict[str, Any], what: str) -> Any:
+    """``cls(**overrides)`` with a clear error naming the unknown fields of the ``what`` setting."""
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"{what}: unknown {cls.__name__} fields {unknown}; choose from {names}")
+    return cls(**overrides)
 
 
 def _is_main() -> bool:
@@ -201,7 +211,8 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     if tc.temperature is not None:
         mcfg["temperature"] = tc.temperature
     model = KeypointNet(ModelConfig.from_dict(mcfg))
-    lcfg = LossConfig(**tc.loss)
+    lcfg = _overridden(LossConfig, tc.loss, "loss")
+    dcfg = _overridden(DistillConfig, tc.distill_options, "distill_options")
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step, best, elapsed0 = 0, -1.0, 0.0
     if resume and ckpt_path.is_file():
@@ -232,7 +243,7 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     distiller = None
     if tc.distill:
         cache = Path(tc.teacher_cache) if tc.teacher_cache else out / "teacher_cache"
-        distiller = Distiller(make_teacher(tc.distill, files=files, cache_dir=cache))
+        distiller = Distiller(make_teacher(tc.distill, files=files, cache_dir=cache, cfg=dcfg), dcfg)
         if _is_main() and hasattr(distiller.teacher, "build_cache"):
             distiller.teacher.build_cache(progress=progress)
     sampler = (
