@@ -118,7 +118,7 @@ def pair_loss(
     else:
         score = zero
 
-    desc_loss, precision = _descriptor_loss(
+    desc_loss, correct, count = _descriptor_loss(
         out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones, temperature, cfg
     )
     if cfg.desc_symmetric:
@@ -126,11 +126,15 @@ def pair_loss(
         p1w = warp_points_torch(p1, torch.linalg.inv(H))
         ok1_back = ok1 & _inside(p1w, wimg, himg, cfg.border_px)
         ok0_all = _inside(p0, wimg, himg, cfg.border_px)
-        back, back_precision = _descriptor_loss(
+        back, back_correct, back_count = _descriptor_loss(
             out1, out0, p1, p1w, p0, ok1_back, ok0_all, wimg, himg, binary, ones, temperature, cfg
         )
-        desc_loss = 0.5 * (desc_loss + back)
-        precision = 0.5 * (precision + back_precision)
+        if count and back_count:  # the mean of the directions that had anchors
+            desc_loss = 0.5 * (desc_loss + back)
+        elif back_count:
+            desc_loss = back
+        correct, count = correct + back_correct, count + back_count
+    precision = correct / max(count, 1)
     total = cfg.loc_weight * loc + cfg.score_weight * score + cfg.desc_weight * desc_loss
     parts = {
         "loss": float(total.detach()),
@@ -144,6 +148,7 @@ def pair_loss(
 
 
 def _descriptor_loss(out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones, temperature, cfg):
+    """(mean loss over the anchors ok0 of out0, anchors whose positive beats every negative, anchors used)."""
     b = p0.shape[0]
     losses, correct, count = [], 0, 0
     norm = BinNormTrain(ones, temperature)
@@ -181,5 +186,5 @@ def _descriptor_loss(out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones
         correct += int((d_pos[finite] < hardest[finite]).sum())
         count += int(finite.sum())
     if not losses:
-        return p0.sum() * 0.0, 0.0
-    return torch.cat(losses).mean(), correct / max(count, 1)
+        return p0.sum() * 0.0, 0, 0
+    return torch.cat(losses).mean(), correct, count
