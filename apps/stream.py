@@ -734,9 +734,7 @@ class Stream:
         logger.warning("%s: skipped frame %d: %s", self.source.description, source_index, reason)
 
     def __iter__(self) -> Iterator[FrameResult]:
-        import cv2
-
-        from zippy.image import to_rgb_uint8
+        from zippy.image import resize_image, to_rgb_uint8
 
         if self._closed:
             raise ValueError("stream is closed")
@@ -775,9 +773,7 @@ class Stream:
                     raw_size = (h, w)
                     self.tracker.reset()
                 work_h, work_w = work_size or raw_size
-                if (h, w) != (work_h, work_w):
-                    interp = cv2.INTER_AREA if work_h * work_w < h * w else cv2.INTER_LINEAR
-                    rgb = cv2.resize(rgb, (work_w, work_h), interpolation=interp)
+                rgb = resize_image(rgb, work_w, work_h)
                 t2 = time.perf_counter()
                 result = self.tracker.process(
                     rgb,

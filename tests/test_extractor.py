@@ -148,6 +148,18 @@ def test_bad_max_keypoints(zp: Extractor, rng_image: np.ndarray, k) -> None:
         zp.extract(rng_image, max_keypoints=k)
 
 
+def test_resize_image_uses_area_when_shrinking_linear_when_enlarging() -> None:
+    import cv2
+
+    from zippy.image import resize_image
+
+    img = np.random.default_rng(0).random((30, 40, 3), dtype=np.float32)
+    assert resize_image(img, 40, 30) is img
+    for (w, h), interp in (((20, 15), cv2.INTER_AREA), ((80, 60), cv2.INTER_LINEAR), ((60, 10), cv2.INTER_AREA)):
+        out = resize_image(img, w, h)
+        assert out.shape == (h, w, 3) and np.array_equal(out, cv2.resize(img, (w, h), interpolation=interp))
+
+
 def test_scale_two_equals_extracting_the_upscaled_image(calibrated_zippypoint, rng_image: np.ndarray) -> None:
     """One pass at scale 2 is extraction on the bilinearly doubled image, keypoints mapped back."""
     import cv2

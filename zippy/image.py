@@ -18,7 +18,7 @@ import numpy as np
 
 MIN_SIZE = 16
 
-__all__ = ["MIN_SIZE", "read_image", "to_rgb_uint8", "to_tensor"]
+__all__ = ["MIN_SIZE", "read_image", "resize_image", "to_rgb_uint8", "to_tensor"]
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -42,6 +42,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     elif img.ndim == 3 and img.shape[2] == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return to_rgb_uint8(img, name=str(path))
+
+
+def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An [H, W(, C)] array resized to exactly ``width`` x ``height`` with OpenCV: INTER_AREA when the area
+    shrinks, INTER_LINEAR otherwise (pixel centres aligned); returned as is when already that size."""
+    import cv2
+
+    if image.shape[:2] == (height, width):
+        return image
+    shrink = height * width < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def _shape_str(a: Any) -> str:

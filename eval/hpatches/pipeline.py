@@ -202,14 +202,9 @@ def _fingerprint(path: Path) -> list[int]:
 
 
 def _resize(image: np.ndarray, setting: Setting) -> np.ndarray:
-    import cv2
+    from zippy.image import resize_image
 
-    h, w = image.shape[:2]
-    if (h, w) == (setting.height, setting.width):
-        return image
-    shrink = setting.width * setting.height < w * h
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    return cv2.resize(image, (setting.width, setting.height), interpolation=interp)
+    return resize_image(image, setting.width, setting.height)
 
 
 def _scaled_gt(H: np.ndarray, size0: tuple[int, int], size1: tuple[int, int], setting: Setting) -> np.ndarray:
