@@ -97,6 +97,15 @@ def test_orb_and_zippy_end_to_end(dataset, tmp_path):
     table = (out / "table.md").read_text()
     assert "| orb |" in table and SETTING.tag in table and "v_broken" in table
     assert "wrong mutual matches at 3 px by cause" in table
+    # per pair: the same numbers as the rows of that pair, in image order
+    for g in ("i", "v"):
+        by_pair = agg["orb"][g]["by_pair"]
+        assert list(by_pair) == ["1-2", "1-3"]
+        sel = [r for r in summary["rows"] if r["method"] == "orb" and r["kind"] == g and r["pair"] == "1-3"]
+        assert by_pair["1-3"]["num_pairs"] == len(sel) == 1
+        assert by_pair["1-3"]["mma@3"] == pytest.approx(sel[0]["mma"][2])
+        assert by_pair["1-3"]["h_acc@3"] == float(sel[0]["h_acc@3"])
+    assert "H@3 / MMA@3 by pair" in table and "| method | i 1-2 | i 1-3 | v 1-2 | v 1-3 |" in table
     assert (out / f"mma_{dtag}.png").stat().st_size > 1000
 
     # rerun: every feature comes from the cache (files untouched), same numbers

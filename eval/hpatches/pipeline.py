@@ -399,7 +399,31 @@ def aggregate(rows: Sequence[dict[str, Any]], conf: HPatchesConfig) -> dict[str,
                     sel = [r for r in mine if group == "all" or r["kind"] == group]
                     if sel:
                         groups[group] = _aggregate_group(sel, conf)
+                        if group != "all":
+                            groups[group]["by_pair"] = _by_pair(sel, conf)
                 by_method[mname] = groups
+    return out
+
+
+def _pair_order(pair: str) -> tuple[int, ...]:
+    """Sort key of a pair name "1-k": by image numbers (k grows with the difficulty of v_ sequences)."""
+    return tuple(int(x) if x.isdigit() else 0 for x in pair.split("-"))
+
+
+def _by_pair(rows: Sequence[dict[str, Any]], conf: HPatchesConfig) -> dict[str, dict[str, Any]]:
+    """H@3 and MMA@3 per pair name ("1-2" ... "1-6"), in image order: where a method breaks down
+    (empty when 3 px is not among the configured thresholds)."""
+    if 3 not in conf.accuracy_thresholds or 3 not in conf.mma_thresholds:
+        return {}
+    at3 = list(conf.mma_thresholds).index(3)
+    out: dict[str, dict[str, Any]] = {}
+    for pair in sorted({r["pair"] for r in rows}, key=_pair_order):
+        sel = [r for r in rows if r["pair"] == pair]
+        out[pair] = {
+            "num_pairs": len(sel),
+            "h_acc@3": float(np.mean([bool(r["h_acc@3"]) for r in sel])),
+            "mma@3": float(np.mean([r["mma"][at3] for r in sel])),
+        }
     return out
 
 
@@ -482,6 +506,7 @@ def _table(summary: dict[str, Any], conf: HPatchesConfig) -> str:
                 sh = ["method", "i Rep", "i H@3", "i MS", "i MMA@3", "v Rep", "v H@3", "v MS", "v MMA@3"]
                 lines += [f"{stag}, illumination (i) / viewpoint (v):", "", markdown_table(sh, split_body), ""]
             lines += _wrong_table(stag, by_method)
+            lines += _pair_table(stag, by_method)
         lines.append(f"![MMA]({summary['plots'][dtag]})")
         lines.append("")
     return "\n".join(lines)
@@ -507,8 +532,33 @@ def _wrong_table(stag: str, by_method: dict[str, Any]) -> list[str]:
     return [note, "", markdown_table(headers, body), ""]
 
 
+def _pair_table(stag: str, by_method: dict[str, Any]) -> list[str]:
+    """Lines of the table of H@3 / MMA@3 per pair name (image 1 against image k) and split."""
+    from zippy_eval.results import markdown_table
+
+    columns = [(g, pair) for g in ("i", "v") for pair in _pairs_of(by_method, g)]
+    if not columns:
+        return []
+    headers = ["method"] + [f"{g} {pair}" for g, pair in columns]
+    body = []
+    for mname, groups in by_method.items():
+        row = [mname]
+        for g, pair in columns:
+            cell = groups.get(g, {}).get("by_pair", {}).get(pair)
+            row.append(f"{cell['h_acc@3']:.2f} / {cell['mma@3']:.3f}" if cell else None)
+        body.append(row)
+    note = f"{stag}, H@3 / MMA@3 by pair (image 1 against image k; on v_ the views grow harder with k):"
+    return [note, "", markdown_table(headers, body), ""]
+
+
+def _pairs_of(by_method: dict[str, Any], group: str) -> list[str]:
+    pairs = {p for groups in by_method.values() for p in groups.get(group, {}).get("by_pair", {})}
+    return sorted(pairs, key=_pair_order)
+
+
 def _plot(aggregates: dict[str, Any], dtag: str, conf: HPatchesConfig, path: Path) -> Path:
-    """MMA vs threshold: one row per setting, one column per split, one line per method."""
+    """MMA vs threshold: one row per setting, one column per split, one line per method; a last column
+    with MMA@3 by pair (image 1 against image k), v_ solid and i_ dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -518,7 +568,7 @@ def _plot(aggregates: dict[str, Any], dtag: str, conf: HPatchesConfig, path: Pat
 
     by_setting = aggregates[dtag]
     settings = list(by_setting)
-    fig, axes = plt.subplots(len(settings), 3, figsize=(13, 3.6 * len(settings)), squeeze=False)
+    fig, axes = plt.subplots(len(settings), 4, figsize=(17, 3.6 * len(settings)), squeeze=False)
     for r, stag in enumerate(settings):
         for c, group in enumerate(GROUPS):
             ax = axes[r][c]
@@ -531,6 +581,17 @@ def _plot(aggregates: dict[str, Any], dtag: str, conf: HPatchesConfig, path: Pat
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
         axes[r][0].legend(fontsize=7, loc="lower right")
+        ax = axes[r][3]
+        for i, groups in enumerate(by_setting[stag].values()):  # colours as in the other columns
+            for group, style in (("v", "-"), ("i", "--")):
+                by_pair = groups.get(group, {}).get("by_pair", {})
+                if by_pair:
+                    ys = [v["mma@3"] for v in by_pair.values()]
+                    ax.plot(list(by_pair), ys, style, color=f"C{i}", marker="o", ms=3)
+        ax.set_title(f"{dtag} {stag}: MMA@3 by pair (v_ solid, i_ dashed)", fontsize=9)
+        ax.set_xlabel("pair (image 1 - image k)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, dpi=90)
     return path
