@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from zippy.binarize import BinNormTrain
 from zippy.geometry import warp_points
 from zippy.models import KeypointNet, ModelConfig
+from zippy.postprocess import sample_descriptors
 from zippy.train.data import AugmentConfig, HomographyPairs, list_images
 from zippy.train.losses import LossConfig, pair_loss, warp_points_torch
 from zippy.train.trainer import TrainConfig, train
@@ -315,6 +317,36 @@ def test_symmetric_descriptor_loss_reaches_source_points_out_of_the_targets_view
     assert float(grads[False][:, :12].sum()) == 0.0
     assert float(grads[True][:, :12].sum()) > 0.0
     assert float(grads[False][:, 14:].sum()) > 0.0
+
+
+def test_score_desc_term_raises_the_score_where_the_descriptor_stands_out() -> None:
+    torch.manual_seed(0)
+    model = KeypointNet(ModelConfig(backbone="zippypoint", widths=(8, 16, 16), feat_dim=32)).train()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 96))
+    H, valid = torch.eye(3)[None], torch.ones(1, 1, 64, 96)
+    kw = dict(binary=True, ones=64, temperature=0.5)
+    off = LossConfig(loc_weight=0.0, score_weight=0.0, desc_weight=0.0)
+    on = LossConfig(loc_weight=0.0, score_weight=0.0, desc_weight=0.0, score_desc_weight=1.0)
+    score = out["score"].clone().requires_grad_(True)
+    loss, parts = pair_loss({**out, "score": score}, out, H, valid, **kw, cfg=off)
+    assert float(loss.detach()) == 0.0 and parts["score_desc"] == 0.0
+    loss, parts = pair_loss({**out, "score": score}, out, H, valid, **kw, cfg=on)
+    loss.backward()
+    # the same term by hand: anchors are the keypoints inside the border, negatives the others farther than 8 px
+    pts = out["coords"][0].flatten(1).t()  # [N, 2]
+    inside = ((pts >= 8) & (pts <= torch.tensor([95 - 8, 63 - 8]))).all(1)
+    y = BinNormTrain(64, 0.5)(sample_descriptors(out["desc"][0], pts[inside], 96, 64))
+    d = 1 - y @ y.t() / 64
+    hardest = d.masked_fill(torch.cdist(pts[inside], pts[inside]) < 8, float("inf")).min(1).values
+    m = d.diagonal() - hardest
+    expected = torch.zeros(len(pts))
+    expected[inside] = (m - m.mean()) / len(m)
+    assert parts["score_desc"] == pytest.approx(
+        float((out["score"].flatten()[inside] * (m - m.mean())).mean()), abs=1e-5
+    )
+    assert torch.allclose(score.grad.flatten(), expected, atol=1e-6)
+    assert (expected > 0).any() and (expected < 0).any()
 
 
 def test_bm_converts_from_init_and_pruned_ships_smaller(image_folder: Path, tmp_path: Path) -> None:

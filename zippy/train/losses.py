@@ -3,6 +3,9 @@
 For every source cell keypoint p0 warped into the target (p0w = H p0) and visible there:
 * location: distance from p0w to the nearest target keypoint, for pairs closer than ``match_px``;
 * score: UnsuperPoint's repeatability loss ((s0 + s1) / 2 * (d - mean d)) plus score consistency;
+  with ``score_desc_weight`` also a reliability term after KP2D's score loss, s0 * (m - mean m) with m
+  the anchor's positive minus hardest negative descriptor distance, so the score prefers points whose
+  descriptor stands out;
 * descriptor: InfoNCE over the target keypoints farther than ``neg_px`` from p0w (a softmax over
   the positive and all those negatives, similarity = -distance / ``nce_temperature``; the default),
   or (``desc_loss="triplet"``) KP2D's triplet loss with the hardest of them, which collapsed the
@@ -42,6 +45,10 @@ class LossConfig:
     desc_loss: str = "nce"  # "nce" (softmax over all negatives) or "triplet" (hardest negative)
     nce_temperature: float | None = None  # None: 0.05 for binary descriptors, 0.1 for float ones
     desc_symmetric: bool = False  # also target -> source (negatives include source points out of view)
+    # descriptor reliability in the score (after KP2D's score loss): s * (m - mean m) over the anchors, m =
+    # positive minus hardest negative distance (detached), so the top-k favours points whose descriptor
+    # stands out, not only points that are found again; 0 = off
+    score_desc_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.desc_loss not in ("nce", "triplet"):
@@ -118,7 +125,7 @@ def pair_loss(
     else:
         score = zero
 
-    desc_loss, correct, count = _descriptor_loss(
+    desc_loss, correct, count, rel = _descriptor_loss(
         out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones, temperature, cfg
     )
     if cfg.desc_symmetric:
@@ -126,31 +133,35 @@ def pair_loss(
         p1w = warp_points_torch(p1, torch.linalg.inv(H))
         ok1_back = ok1 & _inside(p1w, wimg, himg, cfg.border_px)
         ok0_all = _inside(p0, wimg, himg, cfg.border_px)
-        back, back_correct, back_count = _descriptor_loss(
+        back, back_correct, back_count, back_rel = _descriptor_loss(
             out1, out0, p1, p1w, p0, ok1_back, ok0_all, wimg, himg, binary, ones, temperature, cfg
         )
         if count and back_count:  # the mean of the directions that had anchors
-            desc_loss = 0.5 * (desc_loss + back)
+            desc_loss, rel = 0.5 * (desc_loss + back), 0.5 * (rel + back_rel)
         elif back_count:
-            desc_loss = back
+            desc_loss, rel = back, back_rel
         correct, count = correct + back_correct, count + back_count
     precision = correct / max(count, 1)
     total = cfg.loc_weight * loc + cfg.score_weight * score + cfg.desc_weight * desc_loss
+    total = total + cfg.score_desc_weight * rel
     parts = {
         "loss": float(total.detach()),
         "loc": float(loc.detach()),
         "score": float(score.detach()),
         "desc": float(desc_loss.detach()),
         "desc_precision": precision,
+        "score_desc": float(rel.detach()),
         "matched_frac": n_matched / max(int(ok0.sum()), 1),
     }
     return total, parts
 
 
 def _descriptor_loss(out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones, temperature, cfg):
-    """(mean loss over the anchors ok0 of out0, anchors whose positive beats every negative, anchors used)."""
+    """(mean loss over the anchors ok0 of out0, anchors whose positive beats every negative, anchors used,
+    reliability score term of those anchors: mean of s * (m - mean m), m = d_pos - d_hardest detached)."""
     b = p0.shape[0]
-    losses, correct, count = [], 0, 0
+    losses, reliability, correct, count = [], [], 0, 0
+    s0 = out0["score"].flatten(1)
     norm = BinNormTrain(ones, temperature)
     for i in range(b):
         sel = ok0[i]
@@ -183,8 +194,13 @@ def _descriptor_loss(out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones
             losses.append(torch.logsumexp(logits, 1) - logits[:, 0])
         else:
             losses.append(F.relu(d_pos[finite] - hardest[finite] + margin))
+        if cfg.score_desc_weight:
+            m = (d_pos[finite] - hardest[finite]).detach().float()
+            reliability.append(s0[i][sel][finite] * (m - m.mean()))
         correct += int((d_pos[finite] < hardest[finite]).sum())
         count += int(finite.sum())
+    zero = p0.sum() * 0.0
     if not losses:
-        return p0.sum() * 0.0, 0, 0
-    return torch.cat(losses).mean(), correct, count
+        return zero, 0, 0, zero
+    rel = torch.cat(reliability).mean() if reliability else zero
+    return torch.cat(losses).mean(), correct, count, rel
