@@ -415,15 +415,10 @@ def _by_pair(rows: Sequence[dict[str, Any]], conf: HPatchesConfig) -> dict[str, 
     (empty when 3 px is not among the configured thresholds)."""
     if 3 not in conf.accuracy_thresholds or 3 not in conf.mma_thresholds:
         return {}
-    at3 = list(conf.mma_thresholds).index(3)
     out: dict[str, dict[str, Any]] = {}
     for pair in sorted({r["pair"] for r in rows}, key=_pair_order):
-        sel = [r for r in rows if r["pair"] == pair]
-        out[pair] = {
-            "num_pairs": len(sel),
-            "h_acc@3": float(np.mean([bool(r["h_acc@3"]) for r in sel])),
-            "mma@3": float(np.mean([r["mma"][at3] for r in sel])),
-        }
+        agg = _aggregate_group([r for r in rows if r["pair"] == pair], conf)
+        out[pair] = {key: agg[key] for key in ("num_pairs", "h_acc@3", "mma@3")}
     return out
 
 
