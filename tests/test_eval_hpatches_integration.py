@@ -121,6 +121,51 @@ def test_orb_and_zippy_end_to_end(dataset, tmp_path):
     assert all(p.stat().st_mtime_ns != t for p, t in zip(npz, mtimes) if p in orb_files)
 
 
+def test_binarization_gap(dataset, tmp_path):
+    """The float / k-ones variants of one network; its own k gives the numbers of the HPatches run."""
+    import zippy
+    from zippy_eval.binarization_gap import descriptor_variant
+    from zippy_eval.binarization_gap import run as gap_run
+
+    if "zippypoint" not in zippy_methods():
+        pytest.skip("zippypoint is not available")
+    # the raw samples give back the shipped descriptors with the network's own k
+    ext = zippy.load("zippypoint")
+    image = cv2.imread(str(sorted(dataset.glob("i_*/1.*"))[0]))[:, :, ::-1]
+    final = ext.extract(image, 200)
+    ext.raw_descriptors = True
+    raw = ext.extract(image, 200)
+    assert raw.descriptors.dtype == np.float32 and raw.descriptors.shape == (len(final), 256)
+    assert np.array_equal(descriptor_variant(raw, "k64").descriptors, final.descriptors)
+    assert np.unpackbits(descriptor_variant(raw, "k96").descriptors, axis=1).sum(1).tolist() == [96] * len(final)
+    assert np.allclose(np.linalg.norm(descriptor_variant(raw, "float").descriptors, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="'float' or 'k<ones>'"):
+        descriptor_variant(raw, "k")
+    with pytest.raises(ValueError, match="raw float32 descriptors expected"):
+        descriptor_variant(final, "k64")
+
+    summary = json.loads(
+        gap_run(
+            dataset, zippy.load("zippypoint").weights_path, tmp_path / "gap", setting="240x320:300", ones=(64, 128)
+        ).read_text()
+    )
+    gap = summary["aggregates"]
+    assert list(gap) == ["float", "k64", "k128"] and summary["protocol"]["network_ones"] == 64
+    ref = json.loads(
+        run(HPatchesConfig(methods=("zippypoint",), settings=(SETTING,)), dataset, tmp_path / "ref").read_text()
+    )
+    own = ref["aggregates"][dataset.name][SETTING.tag]["zippypoint"]
+    for group in ("all", "i", "v"):
+        for key in ("h_acc@3", "mma", "n_matches", "repeatability"):
+            assert gap["k64"][group][key] == pytest.approx(own[group][key]), (group, key)
+    assert gap["float"]["all"]["n_matches"] > 0 and gap["k128"]["all"]["mma"] != gap["k64"]["all"]["mma"]
+    assert "| k64 (the network's own) |" in (tmp_path / "gap" / "table.md").read_text()
+    with pytest.raises(ValueError, match="each in \\(0, 256\\)"):
+        gap_run(dataset, ext.weights_path, tmp_path / "bad", setting="240x320:300", ones=(0,))
+    with pytest.raises(ValueError, match="float-descriptor network"):
+        gap_run(dataset, zippy.load("kp2d").weights_path, tmp_path / "bad", setting="240x320:300")
+
+
 def cli(module_name: str, argv: list[str]) -> int:
     """Run one command module the way apps/cli.py does (parser from add_arguments, then run)."""
     import argparse

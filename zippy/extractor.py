@@ -75,6 +75,9 @@ class Extractor:
             image's pixels and the ``max_keypoints`` best by score kept over all scales. On the
             development split, (1.41, 1.0) raised zippypoint_small's H@3 from 0.77 to 0.85 at about
             three times the network cost (docs/hpatches.md, "Session 8").
+        raw_descriptors: False (default) gives the final descriptors (packed bits, or L2-normalized floats).
+            True gives float32 [N, D], the descriptor map sampled at the keypoints before binarization or
+            normalization; a diagnostic (e.g. ``zippy_eval.binarization_gap``), not for matching as is.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Extractor:
         self.trained = weights_path is not None and bool(self.meta.get("trained", True))
         self.nms_radius = check_nms_radius(nms_radius)
         self.scales = check_scales(scales)
+        self.raw_descriptors = False
         self.engine, self._net = self._make_engine(engine)
 
     @classmethod
@@ -236,7 +240,7 @@ class Extractor:
         else:
             desc = sample_descriptors(out["desc"][0], kpts, w + pw, h + ph)
         t3 = time.perf_counter()
-        desc = finalize_descriptors(desc, self.binary, self.cfg.desc_ones)
+        desc = desc.float() if self.raw_descriptors else finalize_descriptors(desc, self.binary, self.cfg.desc_ones)
         if scale != 1.0:  # back to the image's pixels, pixel centres at integers in both
             kpts = (kpts + 0.5) * torch.tensor([w0 / w, h0 / h], dtype=torch.float32) - 0.5
         t4 = time.perf_counter()

@@ -42,7 +42,7 @@ from zippy_eval.hpatches.metrics import (
 )
 from zippy_eval.methods import Method, MethodUnavailableError, extraction_tag, method_for_run
 
-__all__ = ["DEFAULT_SETTINGS", "HPatchesConfig", "Setting", "run"]
+__all__ = ["DEFAULT_SETTINGS", "HPatchesConfig", "Setting", "aggregate", "evaluate_sequence", "run", "set_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def _evaluate_method(
                         skipped_sequences.setdefault(dtag, {})[seq.name] = reason
                         bar.update(len(seq.images) - len(feats))
                         continue
-                    rows.extend(_evaluate_sequence(seq, feats, setting, conf, dtag, method.name))
+                    rows.extend(evaluate_sequence(seq, feats, setting, conf, dtag, method.name))
             finally:
                 cache.flush()
     return rows, times
@@ -336,9 +336,15 @@ def _features(
     return feats
 
 
-def _evaluate_sequence(
+def evaluate_sequence(
     seq: HSequence, feats: Sequence[Features], setting: Setting, conf: HPatchesConfig, dtag: str, method_name: str
 ) -> list[dict[str, Any]]:
+    """Per-pair rows (pairs (1, k)) of one sequence from the features of its images at ``setting``.
+
+    Args:
+        seq: the sequence; feats: one Features per image of ``seq`` (in its order), extracted from the
+            image resized to ``setting``; dtag, method_name: the row's ``dataset`` and ``method`` keys.
+    """
     rows = []
     size = (setting.width, setting.height)
     for i, j, H in seq.pairs():
@@ -619,7 +625,7 @@ def run(
     output_dir = Path(output_dir)
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     if conf.threads is not None:
-        _set_threads(conf.threads)
+        set_threads(conf.threads)
     datasets = [load_hpatches(d, include=conf.include, exclude=conf.exclude) for d in dirs]
     tags = _dataset_tags(datasets)
 
@@ -689,7 +695,8 @@ def _config_dict(conf: HPatchesConfig) -> dict[str, Any]:
     return d
 
 
-def _set_threads(n: int) -> None:
+def set_threads(n: int) -> None:
+    """Use ``n`` threads in OpenCV and torch (torch only when installed)."""
     import cv2
 
     cv2.setNumThreads(n)

@@ -1,0 +1,195 @@
+"""What does binarizing the descriptors cost? The same network's HPatches numbers, float against k-ones bits.
+
+A binary network (zippypoint) samples a float descriptor map at its keypoints, then keeps the top k of
+the 256 values as ones (hard top-k, k = 64 for the shipped networks). This evaluates, on one set of
+keypoints per image, several descriptors made from the same float samples:
+
+* ``float``: the samples L2-normalized, matched by L2 (what the network knows before binarization);
+* ``k<k>``: top-k bits, matched by Hamming; ``k`` equal to the network's own (64) is what it ships.
+
+Everything else is the HPatches protocol of ``zippy eval hpatches`` (mutual nearest neighbours, RANSAC
+3 px, H@t and MMA@t; the binary row with the network's own k equals that run's numbers). Writes
+``summary.json`` (rows and aggregates per variant) and ``table.md``.
+
+Usage::
+
+    python -m zippy_eval.binarization_gap /work/data/hpatches_like_dev --weights weights/zippypoint.pt \\
+        --scales 1.41,1 --out results/binarization_gap/s11
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zippy.features import Features
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["descriptor_variant", "main", "run"]
+
+
+def descriptor_variant(feats: Features, variant: str) -> Features:
+    """``feats`` (raw float32 [N, D] descriptors) with final descriptors of one variant.
+
+    Args:
+        feats: features from an extractor with ``raw_descriptors = True``.
+        variant: "float" (L2-normalized float32 [N, D]) or "k<k>" (top-k bits packed, uint8 [N, D/8]).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from zippy.postprocess import packed_topk
+
+    if feats.descriptors.dtype != np.float32:
+        raise ValueError(f"raw float32 descriptors expected, got {feats.descriptors.dtype}")
+    raw = torch.from_numpy(feats.descriptors)
+    if variant == "float":
+        desc = F.normalize(raw, dim=-1).numpy()
+    elif variant.startswith("k") and variant[1:].isdigit():
+        desc = packed_topk(raw, int(variant[1:])).numpy()
+    else:
+        raise ValueError(f"variant must be 'float' or 'k<ones>' (e.g. 'k64'), got {variant!r}")
+    return Features(feats.keypoints, feats.scores, desc, feats.image_size, dict(feats.meta))
+
+
+def run(
+    dataset_dir: str | os.PathLike,
+    weights: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    setting: str = "480x640:1000",
+    scales: Sequence[float] = (1.0,),
+    ones: Sequence[int] = (32, 64, 96, 128),
+    engine: str = "auto",
+    include: Sequence[str] | None = None,
+    threads: int | None = 1,
+) -> Path:
+    """Evaluate the float and k-ones variants of one network's descriptors; returns the summary.json path.
+
+    Args:
+        dataset_dir: an HPatches-layout folder. weights: a binary network's weights file.
+        output_dir: result folder (created): summary.json, table.md.
+        setting: "HxW:top_k" as in ``zippy eval hpatches``. scales: image-pyramid scales.
+        ones: the k values to binarize with (each in (0, D)). engine: zippy engine.
+        include: glob patterns on sequence names (None: all). threads: torch / OpenCV threads.
+
+    Raises:
+        ValueError: the network's descriptors are not binary; a bad k or setting.
+    """
+    from tqdm import tqdm
+
+    import zippy
+    from zippy.image import read_image, resize_image
+    from zippy_eval.hpatches.dataset import load_hpatches
+    from zippy_eval.hpatches.pipeline import HPatchesConfig, Setting, aggregate, set_threads
+    from zippy_eval.hpatches.pipeline import evaluate_sequence as sequence_rows
+    from zippy_eval.results import markdown_table, write_summary, write_text
+
+    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    if threads is not None:
+        set_threads(threads)
+    st = Setting.parse(setting)
+    extractor = zippy.load("zippypoint", weights=weights, engine=engine, scales=scales)
+    if not extractor.binary:
+        raise ValueError(f"{weights} holds a float-descriptor network ({extractor.name}); nothing to binarize")
+    dim = extractor.cfg.desc_dim
+    bad = [k for k in ones if not 0 < int(k) < dim]
+    if bad or not ones:
+        raise ValueError(f"ones must be non-empty, each in (0, {dim}), got {list(ones)}")
+    extractor.raw_descriptors = True
+    variants = ["float"] + [f"k{int(k)}" for k in ones]
+    conf = HPatchesConfig(methods=tuple(variants), settings=(st,), include=tuple(include) if include else None)
+    dataset = load_hpatches(dataset_dir, include=conf.include)
+    dtag = Path(dataset_dir).name
+    rows: list[dict[str, Any]] = []
+    seconds: list[float] = []
+    for seq in tqdm(dataset.sequences, desc="binarization gap", unit="seq"):
+        raw = []
+        for path in seq.images:
+            image = resize_image(read_image(path), st.width, st.height)
+            t0 = time.perf_counter()
+            raw.append(extractor.extract(image, st.max_keypoints))
+            seconds.append(time.perf_counter() - t0)
+        for v in variants:
+            rows.extend(sequence_rows(seq, [descriptor_variant(f, v) for f in raw], st, conf, dtag, v))
+    aggregates = aggregate(rows, conf)[dtag][st.tag]
+    table = _table(aggregates, variants, extractor.cfg.desc_ones, markdown_table)
+    output_dir = Path(output_dir)
+    write_text(output_dir / "table.md", table)
+    return write_summary(
+        output_dir,
+        protocol=conf.protocol() | {"variants": variants, "network_ones": extractor.cfg.desc_ones},
+        dataset=dataset.describe(),
+        methods={"zippypoint": {"weights": str(weights), "weights_sha256": extractor.weights_sha256}},
+        rows=rows,
+        aggregates=aggregates,
+        extra={
+            "table": "table.md",
+            "extraction_ms_per_image": 1e3 * float(np.mean(seconds)) if seconds else None,
+            "loadavg_at_start": load_at_start,
+        },
+    )
+
+
+def _table(aggregates: dict[str, Any], variants: Sequence[str], own_ones: int, markdown_table: Any) -> str:
+    head = ["descriptor", "H@3", "MMA@3", "i H@3", "i MMA@3", "v H@3", "v MMA@3", "#m"]
+    body = []
+    for v in variants:
+        g = aggregates[v]
+        label = f"{v} (the network's own)" if v == f"k{own_ones}" else v
+        cells = [label, g["all"]["h_acc@3"], g["all"]["mma@3"]]
+        for kind in ("i", "v"):
+            cells += [g[kind]["h_acc@3"], g[kind]["mma@3"]] if kind in g else [None, None]
+        body.append([*cells, g["all"]["n_matches"]])
+    return (
+        "# Binarization gap\n\nOne set of keypoints per image; descriptors: the float samples (L2) or their top-k "
+        "bits (Hamming). Mutual nearest neighbours, HPatches protocol.\n\n"
+        + markdown_table(head, body, (".3f",) * 7 + (".0f",))
+        + "\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m zippy_eval.binarization_gap", description=__doc__.splitlines()[0])
+    p.add_argument("dataset", help="HPatches-layout folder")
+    p.add_argument("--weights", required=True, help="weights of a binary network (e.g. weights/zippypoint.pt)")
+    p.add_argument("--out", required=True, help="result folder")
+    p.add_argument("--setting", default="480x640:1000", help="HxW:top_k (default 480x640:1000)")
+    p.add_argument("--scales", default="1", help="image-pyramid scales, comma separated (default 1)")
+    p.add_argument("--ones", default="32,64,96,128", help="k values, comma separated (default 32,64,96,128)")
+    p.add_argument("--engine", default="auto", help="zippy engine (default auto)")
+    p.add_argument("--include", action="append", default=None, help="glob on sequence names (repeatable)")
+    p.add_argument("--threads", type=int, default=1, help="torch / OpenCV threads (default 1)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        scales = [float(s) for s in args.scales.split(",")]
+        ones = [int(k) for k in args.ones.split(",")]
+    except ValueError as e:
+        p.error(f"--scales takes numbers and --ones integers, comma separated: {e}")
+    path = run(
+        args.dataset,
+        args.weights,
+        args.out,
+        setting=args.setting,
+        scales=scales,
+        ones=ones,
+        engine=args.engine,
+        include=args.include,
+        threads=args.threads,
+    )
+    print((path.parent / "table.md").read_text(encoding="utf-8"))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
