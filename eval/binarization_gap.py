@@ -102,11 +102,19 @@ def run(
         raise ValueError(f"{weights} holds a float-descriptor network ({extractor.name}); nothing to binarize")
     dim = extractor.cfg.desc_dim
     bad = [k for k in ones if not 0 < int(k) < dim]
-    if bad or not ones:
-        raise ValueError(f"ones must be non-empty, each in (0, {dim}), got {list(ones)}")
+    if bad or not ones or len(set(ones)) != len(ones):
+        raise ValueError(f"ones must be distinct, non-empty, each in (0, {dim}), got {list(ones)}")
     extractor.raw_descriptors = True
     variants = ["float"] + [f"k{int(k)}" for k in ones]
-    conf = HPatchesConfig(methods=tuple(variants), settings=(st,), include=tuple(include) if include else None)
+    conf = HPatchesConfig(
+        methods=tuple(variants),
+        settings=(st,),
+        engine=engine,
+        scales=extractor.scales,
+        nms_radius=extractor.nms_radius,
+        include=tuple(include) if include else None,
+        threads=threads,
+    )
     dataset = load_hpatches(dataset_dir, include=conf.include)
     dtag = Path(dataset_dir).name
     rows: list[dict[str, Any]] = []

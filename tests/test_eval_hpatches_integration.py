@@ -160,8 +160,14 @@ def test_binarization_gap(dataset, tmp_path):
             assert gap["k64"][group][key] == pytest.approx(own[group][key]), (group, key)
     assert gap["float"]["all"]["n_matches"] > 0 and gap["k128"]["all"]["mma"] != gap["k64"]["all"]["mma"]
     assert "| k64 (the network's own) |" in (tmp_path / "gap" / "table.md").read_text()
+    pyramid = gap_run(
+        dataset, ext.weights_path, tmp_path / "gap2", setting="240x320:300", scales=(1.41, 1.0), ones=(64,)
+    )
+    assert json.loads(pyramid.read_text())["protocol"]["scales"] == [1.41, 1.0]  # the extraction really used
     with pytest.raises(ValueError, match="each in \\(0, 256\\)"):
         gap_run(dataset, ext.weights_path, tmp_path / "bad", setting="240x320:300", ones=(0,))
+    with pytest.raises(ValueError, match="distinct"):
+        gap_run(dataset, ext.weights_path, tmp_path / "bad", setting="240x320:300", ones=(64, 64))
     with pytest.raises(ValueError, match="float-descriptor network"):
         gap_run(dataset, zippy.load("kp2d").weights_path, tmp_path / "bad", setting="240x320:300")
 
