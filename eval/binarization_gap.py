@@ -44,19 +44,17 @@ def descriptor_variant(feats: Features, variant: str) -> Features:
         variant: "float" (L2-normalized float32 [N, D]) or "k<k>" (top-k bits packed, uint8 [N, D/8]).
     """
     import torch
-    import torch.nn.functional as F
 
-    from zippy.postprocess import packed_topk
+    from zippy.postprocess import finalize_descriptors
 
     if feats.descriptors.dtype != np.float32:
         raise ValueError(f"raw float32 descriptors expected, got {feats.descriptors.dtype}")
-    raw = torch.from_numpy(feats.descriptors)
-    if variant == "float":
-        desc = F.normalize(raw, dim=-1).numpy()
-    elif variant.startswith("k") and variant[1:].isdigit():
-        desc = packed_topk(raw, int(variant[1:])).numpy()
-    else:
+    if variant != "float" and not (variant.startswith("k") and variant[1:].isdigit()):
         raise ValueError(f"variant must be 'float' or 'k<ones>' (e.g. 'k64'), got {variant!r}")
+    binary = variant != "float"
+    ones = int(variant[1:]) if binary else 0
+    # the extractor's own last step, so the variants are made exactly as shipped descriptors are
+    desc = finalize_descriptors(torch.from_numpy(feats.descriptors), binary, ones).numpy()
     return Features(feats.keypoints, feats.scores, desc, feats.image_size, dict(feats.meta))
 
 
@@ -91,7 +89,7 @@ def run(
     from zippy_eval.hpatches.dataset import load_hpatches
     from zippy_eval.hpatches.pipeline import HPatchesConfig, Setting, aggregate, set_threads
     from zippy_eval.hpatches.pipeline import evaluate_sequence as sequence_rows
-    from zippy_eval.results import markdown_table, write_summary, write_text
+    from zippy_eval.results import write_summary, write_text
 
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     if threads is not None:
@@ -129,7 +127,7 @@ def run(
         for v in variants:
             rows.extend(sequence_rows(seq, [descriptor_variant(f, v) for f in raw], st, conf, dtag, v))
     aggregates = aggregate(rows, conf)[dtag][st.tag]
-    table = _table(aggregates, variants, extractor.cfg.desc_ones, markdown_table)
+    table = _table(aggregates, variants, extractor.cfg.desc_ones)
     output_dir = Path(output_dir)
     write_text(output_dir / "table.md", table)
     return write_summary(
@@ -147,7 +145,9 @@ def run(
     )
 
 
-def _table(aggregates: dict[str, Any], variants: Sequence[str], own_ones: int, markdown_table: Any) -> str:
+def _table(aggregates: dict[str, Any], variants: Sequence[str], own_ones: int) -> str:
+    from zippy_eval.results import markdown_table
+
     head = ["descriptor", "H@3", "MMA@3", "i H@3", "i MMA@3", "v H@3", "v MMA@3", "#m"]
     body = []
     for v in variants:

@@ -145,9 +145,7 @@ def test_binarization_gap(dataset, tmp_path):
         descriptor_variant(final, "k64")
 
     summary = json.loads(
-        gap_run(
-            dataset, zippy.load("zippypoint").weights_path, tmp_path / "gap", setting="240x320:300", ones=(64, 128)
-        ).read_text()
+        gap_run(dataset, ext.weights_path, tmp_path / "gap", setting="240x320:300", ones=(64, 128)).read_text()
     )
     gap = summary["aggregates"]
     assert list(gap) == ["float", "k64", "k128"] and summary["protocol"]["network_ones"] == 64
