@@ -121,9 +121,7 @@ def calibration_batches(
     Raises:
         ValueError: no files, or a size that is not a multiple of 8.
     """
-    import cv2
-
-    from zippy.image import read_image
+    from zippy.image import read_image, resize_image
 
     if not files:
         raise ValueError("calibration needs at least one image file")
@@ -134,9 +132,7 @@ def calibration_batches(
     order = rng.permutation(len(files))[: min(n, len(files))]
     buf: list[np.ndarray] = []
     for j in order:
-        img = read_image(files[int(j)])
-        interp = cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR
-        buf.append(cv2.resize(img, (w, h), interpolation=interp))
+        buf.append(resize_image(read_image(files[int(j)]), w, h))
         if len(buf) == batch_size:
             yield torch.from_numpy(np.stack(buf)).permute(0, 3, 1, 2).float() / 255.0
             buf = []
