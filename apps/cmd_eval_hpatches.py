@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         weights=method_weights(args.weights),
         engine=args.engine,
         scales=args.scales,
+        shifts=args.shifts,
         nms_radius=args.nms_radius,
         include=tuple(args.include) if args.include else None,
         exclude=tuple(args.exclude),

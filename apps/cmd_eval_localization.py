@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         weights=method_weights(args.weights),
         engine=args.engine,
         scales=args.scales,
+        shifts=args.shifts,
         nms_radius=args.nms_radius,
         mapping=args.mapping,
         pairs=args.pairs,

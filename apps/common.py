@@ -8,15 +8,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from zippy.features import Features
-from zippy_apps.eval_args import add_nms_option, add_scales_option
+from zippy_apps.eval_args import add_nms_option, add_scales_option, add_shifts_option
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--model, --weights, --engine, --scales, --nms-radius, --max-keypoints, --threshold."""
+    """--model, --weights, --engine, --scales, --shifts, --nms-radius, --max-keypoints, --threshold."""
     p.add_argument("--model", default="zippypoint", help="backbone name (default zippypoint)")
     p.add_argument("--weights", default=None, help="weights file (default: the shipped weights of --model)")
     p.add_argument("--engine", default="auto", help="auto, int8, fp32 or onnx (default auto)")
     add_scales_option(p)
+    add_shifts_option(p)
     add_nms_option(p)
     p.add_argument("--max-keypoints", type=int, default=1000)
     p.add_argument("--threshold", type=float, default=None, help="minimum keypoint score")
@@ -29,7 +30,12 @@ def load_extractor(args: argparse.Namespace):
     import zippy
 
     ex = zippy.load(
-        args.model, weights=args.weights, engine=args.engine, scales=args.scales, nms_radius=args.nms_radius
+        args.model,
+        weights=args.weights,
+        engine=args.engine,
+        scales=args.scales,
+        shifts=args.shifts,
+        nms_radius=args.nms_radius,
     )
     if not ex.trained:
         print(f"note: {args.model} runs with UNTRAINED random weights (no trained weights found)", file=sys.stderr)

@@ -30,6 +30,23 @@ def scales_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1.41,1, got {text!r}") from None
 
 
+def shifts_list(text: str) -> tuple[tuple[int, int], ...]:
+    """'0:0,4:4' -> ((0, 0), (4, 4)): grid shifts (dx:dy) of the zippy methods (range checked by zippy.load)."""
+    bad = argparse.ArgumentTypeError(f"expected comma-separated DX:DY integer pairs such as 0:0,4:4, got {text!r}")
+    out = []
+    for item in csv_list(text):
+        dx, sep, dy = item.partition(":")
+        if not sep:
+            raise bad
+        try:
+            out.append((int(dx), int(dy)))
+        except ValueError:
+            raise bad from None
+    if not out:
+        raise bad
+    return tuple(out)
+
+
 def limit_threads(threads: int) -> None:
     """Check ``--threads`` and set the thread variables of libraries that read them at start-up.
 
@@ -65,6 +82,18 @@ def add_scales_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_shifts_option(parser: argparse.ArgumentParser) -> None:
+    """``--shifts DX:DY,...``: the zippy grid shifts (read as a tuple of (dx, dy) pairs)."""
+    parser.add_argument(
+        "--shifts",
+        type=shifts_list,
+        default=((0, 0),),
+        metavar="DX:DY,...",
+        help="zippy grid shifts in px, e.g. 0:0,4:4: one pass per shift and scale with the 8x8 cell grid moved, "
+        "keep the best keypoints (default 0:0)",
+    )
+
+
 def add_nms_option(parser: argparse.ArgumentParser) -> None:
     """``--nms-radius PX``: the zippy keypoint NMS radius (default ``zippy.DEFAULT_NMS_RADIUS``)."""
     from zippy import DEFAULT_NMS_RADIUS
@@ -83,6 +112,7 @@ def add_method_options(parser: argparse.ArgumentParser, *, threads_help: str = "
     add_weights_option(parser)
     parser.add_argument("--engine", default="auto", help="zippy engine: auto, int8, fp32, onnx (default auto)")
     add_scales_option(parser)
+    add_shifts_option(parser)
     add_nms_option(parser)
     parser.add_argument("--threads", type=int, default=1, help=f"{threads_help} (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="recompute cached results")

@@ -14,6 +14,9 @@ Methods (names in the results):
       (``zippy.quant.set_fake_quant(model, False)``), torch eager.
     * ``zippypoint-fq``: the same network with fake quantization on (the training-time reference).
     * ``zippypoint-int8``: the int8 engine (``zippy.quant.int8``), the default where supported.
+    * ``zippypoint-int8-x1.41+1``: the int8 engine on the two-scale pyramid; ``zippypoint-int8-x1.41+1-g2``: the
+      same with a second cell grid half a cell away at each scale (``shifts=((0, 0), (4, 4))``), the most
+      accurate setting of docs/hpatches.md ("Session 12"); both not in the default set.
     * ``zippypoint-onnx``: onnxruntime int8 graph (``zippy.quant.onnx_engine``; not in the default set).
     * ``zippypoint_small-int8`` / ``zippypoint_small-fp32``: the narrow shipped variant
       (``zippy.load("zippypoint_small")``, weights/zippypoint_small.pt), int8 engine / float with fake
@@ -78,16 +81,20 @@ DEFAULT_METHODS = (
     "brisk",
     "aliked",
 )
-# name -> (model, engine, fake quantization on, image-pyramid scales)
+# name -> (model, engine, fake quantization on, image-pyramid scales, grid shifts)
+ONE = ((0, 0),)
+HALF_CELL = ((0, 0), (4, 4))
 ZIPPY_VARIANTS = {
-    "zippypoint-fp32": ("zippypoint", "fp32", False, (1.0,)),
-    "zippypoint-fq": ("zippypoint", "fp32", True, (1.0,)),
-    "zippypoint-int8": ("zippypoint", "int8", True, (1.0,)),
-    "zippypoint-onnx": ("zippypoint", "onnx", True, (1.0,)),
-    "zippypoint_small-fp32": ("zippypoint_small", "fp32", False, (1.0,)),
-    "zippypoint_small-int8": ("zippypoint_small", "int8", True, (1.0,)),
-    "zippypoint_small-int8-x1.41+1": ("zippypoint_small", "int8", True, (1.41, 1.0)),
-    "kp2d-fp32": ("kp2d", "fp32", True, (1.0,)),
+    "zippypoint-fp32": ("zippypoint", "fp32", False, (1.0,), ONE),
+    "zippypoint-fq": ("zippypoint", "fp32", True, (1.0,), ONE),
+    "zippypoint-int8": ("zippypoint", "int8", True, (1.0,), ONE),
+    "zippypoint-int8-x1.41+1": ("zippypoint", "int8", True, (1.41, 1.0), ONE),
+    "zippypoint-int8-x1.41+1-g2": ("zippypoint", "int8", True, (1.41, 1.0), HALF_CELL),
+    "zippypoint-onnx": ("zippypoint", "onnx", True, (1.0,), ONE),
+    "zippypoint_small-fp32": ("zippypoint_small", "fp32", False, (1.0,), ONE),
+    "zippypoint_small-int8": ("zippypoint_small", "int8", True, (1.0,), ONE),
+    "zippypoint_small-int8-x1.41+1": ("zippypoint_small", "int8", True, (1.41, 1.0), ONE),
+    "kp2d-fp32": ("kp2d", "fp32", True, (1.0,), ONE),
 }
 TARGET_MATCH_MS = 20.0
 
@@ -155,7 +162,7 @@ class _Zippy:
         from zippy.extractor import Extractor
         from zippy.quant import set_fake_quant
 
-        model_name, engine, fake_quant, scales = ZIPPY_VARIANTS[name]
+        model_name, engine, fake_quant, scales, shifts = ZIPPY_VARIANTS[name]
         w = {"zippypoint": weights, "kp2d": kp2d_weights}.get(model_name)  # others: their shipped weights
         ex = zippy.load(model_name, weights=w, engine="fp32")
         model = ex.model
@@ -173,13 +180,16 @@ class _Zippy:
             self.calibrated = True
         if not fake_quant:
             set_fake_quant(model, False)
-        self.extractor = Extractor(model, engine=engine, weights_path=ex.weights_path, meta=ex.meta, scales=scales)
+        self.extractor = Extractor(
+            model, engine=engine, weights_path=ex.weights_path, meta=ex.meta, scales=scales, shifts=shifts
+        )
         self.binary = self.extractor.binary
         self.info = {
             "backbone": backbone,
             "engine": self.extractor.engine,
             "fake_quant": fake_quant,
             "scales": list(scales),
+            "shifts": [list(d) for d in shifts],
             "trained": bool(ex.trained),
             "weights": str(ex.weights_path) if ex.weights_path else None,
             "weights_sha256": ex.weights_sha256,

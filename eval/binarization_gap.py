@@ -65,6 +65,7 @@ def run(
     *,
     setting: str = "480x640:1000",
     scales: Sequence[float] = (1.0,),
+    shifts: Sequence[Sequence[int]] = ((0, 0),),
     ones: Sequence[int] = (32, 64, 96, 128),
     engine: str = "auto",
     include: Sequence[str] | None = None,
@@ -75,7 +76,7 @@ def run(
     Args:
         dataset_dir: an HPatches-layout folder. weights: a binary network's weights file.
         output_dir: result folder (created): summary.json, table.md.
-        setting: "HxW:top_k" as in ``zippy eval hpatches``. scales: image-pyramid scales.
+        setting: "HxW:top_k" as in ``zippy eval hpatches``. scales: image-pyramid scales. shifts: grid shifts.
         ones: the k values to binarize with (each in (0, D)). engine: zippy engine.
         include: glob patterns on sequence names (None: all). threads: torch / OpenCV threads.
 
@@ -95,7 +96,7 @@ def run(
     if threads is not None:
         set_threads(threads)
     st = Setting.parse(setting)
-    extractor = zippy.load("zippypoint", weights=weights, engine=engine, scales=scales)
+    extractor = zippy.load("zippypoint", weights=weights, engine=engine, scales=scales, shifts=shifts)
     if not extractor.binary:
         raise ValueError(f"{weights} holds a float-descriptor network ({extractor.name}); nothing to binarize")
     dim = extractor.cfg.desc_dim
@@ -109,6 +110,7 @@ def run(
         settings=(st,),
         engine=engine,
         scales=extractor.scales,
+        shifts=extractor.shifts,
         nms_radius=extractor.nms_radius,
         include=tuple(include) if include else None,
         threads=threads,
@@ -172,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="result folder")
     p.add_argument("--setting", default="480x640:1000", help="HxW:top_k (default 480x640:1000)")
     p.add_argument("--scales", default="1", help="image-pyramid scales, comma separated (default 1)")
+    p.add_argument("--shifts", default="0:0", help="grid shifts DX:DY, comma separated (default 0:0)")
     p.add_argument("--ones", default="32,64,96,128", help="k values, comma separated (default 32,64,96,128)")
     p.add_argument("--engine", default="auto", help="zippy engine (default auto)")
     p.add_argument("--include", action="append", default=None, help="glob on sequence names (repeatable)")
@@ -181,14 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         scales = [float(s) for s in args.scales.split(",")]
         ones = [int(k) for k in args.ones.split(",")]
+        shifts = [tuple(int(v) for v in d.split(":")) for d in args.shifts.split(",")]
     except ValueError as e:
-        p.error(f"--scales takes numbers and --ones integers, comma separated: {e}")
+        p.error(f"--scales takes numbers, --ones integers and --shifts DX:DY pairs, comma separated: {e}")
     path = run(
         args.dataset,
         args.weights,
         args.out,
         setting=args.setting,
         scales=scales,
+        shifts=shifts,
         ones=ones,
         engine=args.engine,
         include=args.include,

@@ -275,12 +275,15 @@ class ZippyMethod(Method):
         weights: str | os.PathLike | None = None,
         engine: str = "auto",
         scales: tuple[float, ...] = (1.0,),
+        shifts: tuple[tuple[int, int], ...] = ((0, 0),),
         nms_radius: float = DEFAULT_NMS_RADIUS,
     ) -> None:
         import zippy
 
         self.name = name
-        self._extractor = zippy.load(name, weights=weights, engine=engine, scales=scales, nms_radius=nms_radius)
+        self._extractor = zippy.load(
+            name, weights=weights, engine=engine, scales=scales, shifts=shifts, nms_radius=nms_radius
+        )
         self.binary = bool(self._extractor.binary)
         self._weights = weights
         self._version = zippy.__version__
@@ -302,6 +305,7 @@ class ZippyMethod(Method):
                 "engine": ex.engine,
                 "trained": ex.trained,
                 "scales": list(ex.scales),
+                "shifts": [list(d) for d in ex.shifts],
                 "nms_radius": ex.nms_radius,
             },
         }
@@ -309,12 +313,16 @@ class ZippyMethod(Method):
 
 def extraction_tag(params: dict[str, Any]) -> list[str]:
     """Cache-name parts of a zippy method's extraction ``params``: the image pyramid unless one pass at scale 1
-    ("x1.41+1") and always the NMS radius ("nms1"; caches of the time before it was recorded, radius 4, are
-    thus never reused for another radius); [] for the other methods (no "scales" entry)."""
+    ("x1.41+1"), the grid shifts unless only (0, 0) ("g0-0+4-4"), and always the NMS radius ("nms1"; caches of
+    the time before it was recorded, radius 4, are thus never reused for another radius); [] for the other
+    methods (no "scales" entry)."""
     if "scales" not in params:
         return []
     scales = [float(s) for s in params["scales"]]
     parts = [] if scales == [1.0] else ["x" + "+".join(f"{s:g}" for s in scales)]
+    shifts = [(int(dx), int(dy)) for dx, dy in params.get("shifts", [(0, 0)])]
+    if shifts != [(0, 0)]:
+        parts.append("g" + "+".join(f"{dx}-{dy}" for dx, dy in shifts))
     return [*parts, f"nms{float(params['nms_radius']):g}"]
 
 
@@ -343,6 +351,7 @@ def get_method(
     weights: str | os.PathLike | None = None,
     engine: str = "auto",
     scales: tuple[float, ...] = (1.0,),
+    shifts: tuple[tuple[int, int], ...] = ((0, 0),),
     nms_radius: float = DEFAULT_NMS_RADIUS,
     **kw: Any,
 ) -> Method:
@@ -353,6 +362,7 @@ def get_method(
         weights: weights file (ALIKED, zippy backbones); None takes the default.
         engine: zippy engine ("auto", "int8", "fp32", "onnx"); ignored by the other methods.
         scales: zippy image-pyramid scales (see ``zippy.load``); ignored by the other methods.
+        shifts: zippy grid shifts (see ``zippy.load``); ignored by the other methods.
         nms_radius: zippy keypoint NMS radius in px (see ``zippy.load``); ignored by the other methods.
         **kw: method options; ALIKED takes ``model_name`` ("aliked-t16" or "aliked-n16").
 
@@ -375,15 +385,20 @@ def get_method(
     if key in zippy_models:
         if kw:
             raise ValueError(f"zippy backbone {key} takes weights and engine only, got {sorted(kw)}")
-        return ZippyMethod(key, weights=weights, engine=engine, scales=scales, nms_radius=nms_radius)
+        return ZippyMethod(key, weights=weights, engine=engine, scales=scales, shifts=shifts, nms_radius=nms_radius)
     raise ValueError(f"unknown method {name!r}; choose from {available_methods()}")
 
 
 def method_for_run(name: str, conf: Any) -> Method:
-    """:func:`get_method` with an evaluation config's ``weights`` (a {method: file} dict), ``engine``, ``scales``
-    and ``nms_radius`` (the HPatches, localization and relative-pose configs all carry them)."""
+    """:func:`get_method` with an evaluation config's ``weights`` (a {method: file} dict), ``engine``, ``scales``,
+    ``shifts`` and ``nms_radius`` (the HPatches, localization and relative-pose configs all carry them)."""
     return get_method(
-        name, weights=conf.weights.get(name), engine=conf.engine, scales=conf.scales, nms_radius=conf.nms_radius
+        name,
+        weights=conf.weights.get(name),
+        engine=conf.engine,
+        scales=conf.scales,
+        shifts=conf.shifts,
+        nms_radius=conf.nms_radius,
     )
 
 

@@ -77,6 +77,7 @@ class RelPoseConf:
         weights: method name -> weights file.
         engine: zippy engine.
         scales: zippy image-pyramid scales (``zippy.load``; other methods ignore them).
+        shifts: zippy grid shifts (dx, dy) (``zippy.load``; other methods ignore them).
         nms_radius: zippy keypoint NMS radius in px (``zippy.load``; other methods ignore it).
         num_threads: OpenCV / torch threads.
         seed: RANSAC seed.
@@ -91,6 +92,7 @@ class RelPoseConf:
     weights: dict[str, str | None] = field(default_factory=dict)
     engine: str = "auto"
     scales: tuple[float, ...] = (1.0,)
+    shifts: tuple[tuple[int, int], ...] = ((0, 0),)
     nms_radius: float = DEFAULT_NMS_RADIUS
     num_threads: int = 1
     seed: int = 0

@@ -198,6 +198,24 @@ def test_cli_eval_hpatches(dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: "expected comma-separated numbers such as 1.41,1"
         cli("cmd_eval_hpatches", [str(dataset), "--scales", "big", "--out", str(out)])
     assert "expected comma-separated numbers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli("cmd_eval_hpatches", [str(dataset), "--shifts", "4", "--out", str(out)])
+    assert "expected comma-separated DX:DY integer pairs" in capsys.readouterr().err
+
+
+def test_shifts_option_parses_pairs() -> None:
+    import argparse
+
+    from zippy_apps import cmd_eval_hpatches
+    from zippy_apps.eval_args import shifts_list
+
+    parser = argparse.ArgumentParser()
+    cmd_eval_hpatches.add_arguments(parser)
+    assert parser.parse_args(["ds"]).shifts == ((0, 0),)
+    assert parser.parse_args(["ds", "--shifts", "0:0, 4:4"]).shifts == ((0, 0), (4, 4))
+    for bad in ("", "4", "a:b", "1:2:3", "0.5:0"):
+        with pytest.raises(argparse.ArgumentTypeError, match="DX:DY"):
+            shifts_list(bad)
 
 
 def test_cli_make_hpatches_like(tmp_path, capsys):
@@ -225,3 +243,33 @@ def test_result_helpers(tmp_path):
     assert table.splitlines() == ["| m | v | n |", "|---|---|---|", "| orb | 0.51 | 7 |", "| x | - | - |"]
     with pytest.raises(ValueError, match="cells"):
         markdown_table(["a"], [[1, 2]])
+
+
+def test_shift_pair_metrics_counts_exactly() -> None:
+    from zippy_eval.shift_invariance import shift_pair_metrics
+
+    kp0 = np.array([[10.0, 10.0], [50.0, 20.0], [90.0, 30.0]])
+    kp1 = np.array([[14.0, 10.0], [54.0, 24.0], [30.0, 30.0]])  # +4 px: exact, 4 px off, far
+    m = shift_pair_metrics(kp0, kp1, np.array([[0, 0], [1, 1], [2, 2]]), 4.0)
+    assert m["repeatability@3"] == pytest.approx(1 / 3) and m["mma@3"] == pytest.approx(1 / 3)
+    assert m["n_kp"] == 3 and m["n_matches"] == 3
+    empty = shift_pair_metrics(kp0, kp1[:0], np.zeros((0, 2), int), 4.0)
+    assert np.isnan(empty["repeatability@3"]) and np.isnan(empty["mma@3"])  # kept as failures, not skipped
+
+
+def test_shift_invariance(dataset, tmp_path):
+    """ORB is nearly shift-invariant; the zippy grid repeats itself after one 8 px cell."""
+    from zippy_eval.shift_invariance import main as shift_main
+
+    argv = [str(dataset), "--methods", "orb,zippypoint_small", "--setting", "240x320:300", "--include", "i_*"]
+    assert shift_main([*argv, "--out", str(tmp_path / "si")]) == 0
+    summary = json.loads((tmp_path / "si" / "summary.json").read_text())
+    means = summary["aggregates"]
+    assert summary["protocol"]["shifts_px"] == list(range(9))
+    assert len(summary["rows"]) == 2 * 9 * len({r["sequence"] for r in summary["rows"]})
+    for name in ("orb", "zippypoint_small"):
+        assert means[name]["0"]["repeatability@3"] == 1.0 and means[name]["0"]["mma@3"] == 1.0
+    zp = means["zippypoint_small"]
+    assert zp["8"]["repeatability@3"] > zp["4"]["repeatability@3"]
+    assert summary["methods"]["zippypoint_small"]["params"]["shifts"] == [[0, 0]]
+    assert "| orb | mma@3 |" in (tmp_path / "si" / "table.md").read_text()

@@ -208,6 +208,71 @@ def test_scale_too_small_for_the_image(calibrated_zippypoint) -> None:
         ex.extract(np.zeros((20, 40, 3), np.uint8))
 
 
+@pytest.mark.parametrize("scale", [1.0, 1.41])
+def test_a_shift_is_extraction_on_the_image_without_its_first_columns_and_rows(
+    calibrated_zippypoint, rng_image: np.ndarray, scale: float
+) -> None:
+    """One pass at shift (dx, dy): extraction on the (resized) image without its first dx columns and dy
+    rows, keypoints moved back by (dx, dy) and then to the image's pixels."""
+    from zippy.image import resize_image
+
+    h0, w0 = rng_image.shape[:2]
+    rh, rw = (round(h0 * scale), round(w0 * scale)) if scale != 1.0 else (h0, w0)
+    resized = torch.from_numpy(resize_image(rng_image.astype(np.float32) / 255, rw, rh)).permute(2, 0, 1)[None]
+    # a float tensor goes in as is (a float numpy image would be rounded to the uint8 grid first)
+    ref = Extractor(calibrated_zippypoint, engine="fp32").extract(resized[..., 3:, 5:], max_keypoints=60)
+    ex = Extractor(calibrated_zippypoint, engine="fp32", scales=(scale,), shifts=((5, 3),))
+    f = ex.extract(rng_image.astype(np.float32) / 255, max_keypoints=60)
+    assert len(f) == len(ref) > 0 and f.image_size == (w0, h0)
+    expected = (ref.keypoints + [5, 3] + 0.5) * [w0 / rw, h0 / rh] - 0.5
+    np.testing.assert_allclose(f.keypoints, expected, atol=1e-4)
+    np.testing.assert_array_equal(f.descriptors, ref.descriptors)
+    assert "shifts=((5, 3),)" in repr(ex)
+
+
+def test_shifts_and_scales_keep_the_best_over_all_passes(calibrated_zippypoint, rng_image: np.ndarray) -> None:
+    scales, shifts = (1.41, 1.0), ((0, 0), (4, 4))
+    passes = [
+        Extractor(calibrated_zippypoint, engine="fp32", scales=(s,), shifts=(d,)).extract(rng_image, 50)
+        for s in scales
+        for d in shifts
+    ]
+    f = Extractor(calibrated_zippypoint, engine="fp32", scales=scales, shifts=shifts).extract(rng_image, 50)
+    pooled = np.concatenate([p.scores for p in passes])
+    assert len(f) == 50 and np.all(np.diff(f.scores) <= 0)
+    np.testing.assert_array_equal(f.scores, np.sort(pooled)[::-1][:50])
+    assert (f.keypoints >= -0.5).all() and (f.keypoints <= [100.5, 74.5]).all()
+    for kp, d in zip(f.keypoints, f.descriptors):
+        assert any(np.any((np.abs(p.keypoints - kp).max(1) < 1e-5) & (p.descriptors == d).all(1)) for p in passes)
+    # the default grid alone is the plain extraction
+    one = Extractor(calibrated_zippypoint, engine="fp32", shifts=((0, 0),)).extract(rng_image, 50)
+    plain = Extractor(calibrated_zippypoint, engine="fp32").extract(rng_image, 50)
+    np.testing.assert_array_equal(one.keypoints, plain.keypoints)
+
+
+@pytest.mark.parametrize(
+    ("shifts", "message"),
+    [
+        ((), "at least one"),
+        (((0, 0), (0, 0)), "distinct"),
+        (((8, 0),), r"\[0, 8\)"),
+        (((-1, 0),), r"\[0, 8\)"),
+        (((1.5, 0),), "integer"),
+        ((4, 4), "pairs"),
+        (((1, 2, 3),), "pairs"),
+    ],
+)
+def test_bad_shifts(calibrated_zippypoint, shifts, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Extractor(calibrated_zippypoint, engine="fp32", shifts=shifts)
+
+
+def test_shift_too_large_for_the_image(calibrated_zippypoint) -> None:
+    ex = Extractor(calibrated_zippypoint, engine="fp32", shifts=((0, 0), (0, 6)))
+    with pytest.raises(ValueError, match="below the 16x16 minimum"):
+        ex.extract(np.zeros((20, 40, 3), np.uint8))
+
+
 def test_nms_radius(calibrated_zippypoint, rng_image: np.ndarray) -> None:
     """A smaller radius suppresses fewer keypoints; bad radii are refused."""
     counts = [len(Extractor(calibrated_zippypoint, nms_radius=r).extract(rng_image, 1000)) for r in (8, 4, 0)]

@@ -136,6 +136,9 @@ def test_zippy_pyramid_scales_reach_the_extractor_and_the_cache_name(image):
     assert three.info()["params"]["nms_radius"] == 4.0 and _method_tag(three) == _method_tag(two).replace(
         "nms1", "nms4"
     )
+    four = get_method("zippypoint_small", scales=(1.41, 1.0), shifts=((0, 0), (4, 4)))
+    assert four.info()["params"]["shifts"] == [[0, 0], [4, 4]]
+    assert extraction_tag(four.info()["params"]) == ["x1.41+1", "g0-0+4-4", "nms1"]
     assert extraction_tag(get_method("orb").info()["params"]) == []
     f1, f2 = one.extract(image[:96, :128], 50), two.extract(image[:96, :128], 50)
     assert len(f2) == 50 and not np.array_equal(f1.keypoints, f2.keypoints)

@@ -43,6 +43,7 @@ def load(
     weights: Any = None,
     engine: str = "auto",
     scales: Sequence[float] = (1.0,),
+    shifts: Sequence[Sequence[int]] = ((0, 0),),
     nms_radius: float = DEFAULT_NMS_RADIUS,
 ) -> Extractor:
     """Build an extractor by model name (see :func:`available_models`).
@@ -55,6 +56,10 @@ def load(
         engine: "auto" (int8 where supported, else fp32), "int8", "fp32" (fake-quant network in float), "onnx".
         scales: image-pyramid scales, e.g. (1.41, 1.0): detect and describe at each, keep the best
             ``max_keypoints`` over all (more accurate, costs the sum of the scales' areas); default one pass.
+        shifts: grid shifts (dx, dy) in px, each a pass per scale with the network's 8x8 cell grid moved by
+            (dx, dy), e.g. ((0, 0), (4, 4)): the network's keypoints and descriptors depend on where a point
+            falls in its cell, and a second grid half a cell away finds and describes points the first
+            misses (more accurate, costs one more pass per shift); default ((0, 0),), one grid.
         nms_radius: keypoint NMS radius in px between neighbouring 8x8 cells (default 1; 0: none). Session 8
             lowered it from 4, which raised MMA@3 on the development split (docs/hpatches.md, "Session 8").
 
@@ -64,7 +69,9 @@ def load(
     """
     from zippy.extractor import Extractor
 
-    return Extractor.from_name(name, weights=weights, engine=engine, scales=scales, nms_radius=nms_radius)
+    return Extractor.from_name(
+        name, weights=weights, engine=engine, scales=scales, shifts=shifts, nms_radius=nms_radius
+    )
 
 
 def available_models() -> list[str]:

@@ -40,6 +40,18 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return out
 
 
+def check_shifts(shifts: Sequence[Sequence[int]], cell: int = 8) -> tuple[tuple[int, int], ...]:
+    """Validated grid shifts: a non-empty sequence of distinct (dx, dy) integer pairs, each in [0, cell)."""
+    try:
+        out = tuple((int(dx), int(dy)) for dx, dy in shifts)
+        exact = all(float(a) == int(a) for pair in shifts for a in pair)
+    except (TypeError, ValueError):
+        raise ValueError(f"shifts must be a sequence of (dx, dy) integer pairs, got {shifts!r}") from None
+    if not out or not exact or len(set(out)) != len(out) or not all(0 <= a < cell for pair in out for a in pair):
+        raise ValueError(f"shifts must be distinct (dx, dy) integer pairs in [0, {cell}), at least one, got {shifts!r}")
+    return out
+
+
 def resize_tensor(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """float32 [1, C, H, W] -> [1, C, height, width] by :func:`zippy.image.resize_image` (OpenCV, as the
     evaluation's resizing); about 3x faster than ``F.interpolate`` here."""
@@ -75,6 +87,13 @@ class Extractor:
             image's pixels and the ``max_keypoints`` best by score kept over all scales. On the
             development split, (1.41, 1.0) raised zippypoint_small's H@3 from 0.77 to 0.85 at about
             three times the network cost (docs/hpatches.md, "Session 8").
+        shifts: grid shifts (default ((0, 0),), one pass per scale). The network sees the image through
+            8x8 cells, so what it detects and how it describes a point depend on where the point falls in
+            its cell: shifting an image by 4 px drops zippypoint's repeatability to about 0.74 and its MMA@3
+            to 0.85 (docs/hpatches.md, "Session 12"). Each (dx, dy) adds a pass per scale on the image
+            without its first dx columns and dy rows (the grid moved by (dx, dy)); the keypoints of all
+            passes are mapped back and the ``max_keypoints`` best by score kept, as with ``scales``.
+            ((0, 0), (4, 4)) doubles the cost.
         raw_descriptors: False (default) gives the final descriptors (packed bits, or L2-normalized floats).
             True gives float32 [N, D], the descriptor map sampled at the keypoints before binarization or
             normalization; a diagnostic (e.g. ``zippy_eval.binarization_gap``), not for matching as is.
@@ -89,6 +108,7 @@ class Extractor:
         meta: dict[str, Any] | None = None,
         nms_radius: float = DEFAULT_NMS_RADIUS,
         scales: Sequence[float] = (1.0,),
+        shifts: Sequence[Sequence[int]] = ((0, 0),),
     ):
         self.model = model.eval()
         self.cfg: ModelConfig = model.cfg
@@ -100,6 +120,7 @@ class Extractor:
         self.trained = weights_path is not None and bool(self.meta.get("trained", True))
         self.nms_radius = check_nms_radius(nms_radius)
         self.scales = check_scales(scales)
+        self.shifts = check_shifts(shifts, self.cfg.cell)
         self.raw_descriptors = False
         self.engine, self._net = self._make_engine(engine)
 
@@ -111,6 +132,7 @@ class Extractor:
         weights: Any = None,
         engine: str = "auto",
         scales: Sequence[float] = (1.0,),
+        shifts: Sequence[Sequence[int]] = ((0, 0),),
         nms_radius: float = DEFAULT_NMS_RADIUS,
     ) -> Extractor:
         """See :func:`zippy.load`."""
@@ -126,12 +148,15 @@ class Extractor:
         if path is None:
             log.warning("no trained weights ship for %r: using UNTRAINED random weights", name)
             torch.manual_seed(0)
-            return cls(KeypointNet(ModelConfig(backbone=name)), engine=engine, scales=scales, nms_radius=nms_radius)
+            net = KeypointNet(ModelConfig(backbone=name))
+            return cls(net, engine=engine, scales=scales, shifts=shifts, nms_radius=nms_radius)
         cfg, state, meta = load_weights(path)
         if cfg.backbone != name and weights is not None:
             log.info("weights %s hold backbone %r (asked for %r): using the file's", path, cfg.backbone, name)
         model = build_model(cfg, state)
-        return cls(model, engine=engine, weights_path=path, meta=meta, scales=scales, nms_radius=nms_radius)
+        return cls(
+            model, engine=engine, weights_path=path, meta=meta, scales=scales, shifts=shifts, nms_radius=nms_radius
+        )
 
     # --- engines -------------------------------------------------------------------------------
     def _make_engine(self, engine: str) -> tuple[str, NetFn]:
@@ -197,9 +222,10 @@ class Extractor:
         # differences can flip fake-quantized values; per-image calls make a batch give exactly the
         # results of single calls, at little cost on CPU where one image already fills the GEMMs.
         for xi in x.split(1):
-            parts = [self._extract_scale(xi, s, max_keypoints, threshold) for s in self.scales]
+            passes = [(s, d) for s in self.scales for d in self.shifts]
+            parts = [self._extract_pass(xi, s, d, max_keypoints, threshold) for s, d in passes]
             kpts, scores, desc = (torch.cat([p[i] for p in parts]) for i in range(3))
-            if len(parts) > 1:  # the best over all scales (stable: ties keep the scale order)
+            if len(parts) > 1:  # the best over all passes (stable: ties keep the pass order)
                 order = torch.from_numpy(np.argsort(-scores.numpy(), kind="stable")[:max_keypoints])
                 kpts, scores, desc = kpts[order], scores[order], desc[order]
             meta = {
@@ -210,19 +236,25 @@ class Extractor:
             feats.append(Features(kpts.numpy(), scores.numpy(), desc.numpy(), (w, h), meta))
         return feats
 
-    def _extract_scale(
-        self, x: torch.Tensor, scale: float, max_keypoints: int, threshold: float | None
+    def _extract_pass(
+        self, x: torch.Tensor, scale: float, shift: tuple[int, int], max_keypoints: int, threshold: float | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
         """Keypoints float32 [N, 2] (in x's pixels), scores [N], final descriptors [N, D] and the network and
-        post-processing times (ms) of one image x [1, 3, H, W] resized by ``scale``."""
+        post-processing times (ms) of one image x [1, 3, H, W] resized by ``scale``, then without its first
+        ``shift`` = (dx, dy) columns and rows."""
         _, _, h0, w0 = x.shape
-        h, w = h0, w0
+        rh, rw = (round(h0 * scale), round(w0 * scale)) if scale != 1.0 else (h0, w0)
+        dx, dy = shift
+        h, w = rh - dy, rw - dx
+        if min(h, w) < 16:
+            raise ValueError(
+                f"scale {scale} and shift {shift} make the {w0}x{h0} image {w}x{h}, below the 16x16 minimum"
+            )
         t_resize = time.perf_counter()
         if scale != 1.0:
-            h, w = round(h0 * scale), round(w0 * scale)
-            if min(h, w) < 16:
-                raise ValueError(f"scale {scale} makes the {w0}x{h0} image {w}x{h}, below the 16x16 minimum")
-            x = resize_tensor(x, h, w)
+            x = resize_tensor(x, rh, rw)
+        if dx or dy:
+            x = x[:, :, dy:, dx:].contiguous()
         cell = self.cfg.cell
         ph, pw = (-h) % cell, (-w) % cell
         if ph or pw:
@@ -241,8 +273,10 @@ class Extractor:
             desc = sample_descriptors(out["desc"][0], kpts, w + pw, h + ph)
         t3 = time.perf_counter()
         desc = desc.float() if self.raw_descriptors else finalize_descriptors(desc, self.binary, self.cfg.desc_ones)
+        if dx or dy:  # back to the resized image's pixels
+            kpts = kpts + torch.tensor([dx, dy], dtype=torch.float32)
         if scale != 1.0:  # back to the image's pixels, pixel centres at integers in both
-            kpts = (kpts + 0.5) * torch.tensor([w0 / w, h0 / h], dtype=torch.float32) - 0.5
+            kpts = (kpts + 0.5) * torch.tensor([w0 / rw, h0 / rh], dtype=torch.float32) - 0.5
         t4 = time.perf_counter()
         describe = t3 - t2 if sparse else 0.0  # network work; sampling a dense map is post-processing
         post = t4 - t1 - describe + t0 - t_resize  # with the resizing and padding
@@ -252,4 +286,5 @@ class Extractor:
         state = "trained" if self.trained else "UNTRAINED"
         src = os.fspath(self.weights_path) if self.weights_path else "random init"
         pyramid = f", scales={self.scales}" if self.scales != (1.0,) else ""
+        pyramid += f", shifts={self.shifts}" if self.shifts != ((0, 0),) else ""
         return f"Extractor({self.name!r}, engine={self.engine!r}, {state}, weights={src}{pyramid})"

@@ -89,6 +89,7 @@ class HPatchesConfig:
         weights: method name -> weights file (ALIKED, zippy backbones).
         engine: zippy engine.
         scales: zippy image-pyramid scales (``zippy.load``; other methods ignore them).
+        shifts: zippy grid shifts (dx, dy) (``zippy.load``; other methods ignore them).
         nms_radius: zippy keypoint NMS radius in px (``zippy.load``; other methods ignore it).
         include, exclude: glob patterns on sequence names.
         overwrite: recompute cached features.
@@ -107,6 +108,7 @@ class HPatchesConfig:
     weights: dict[str, str] = field(default_factory=dict)
     engine: str = "auto"
     scales: tuple[float, ...] = (1.0,)
+    shifts: tuple[tuple[int, int], ...] = ((0, 0),)
     nms_radius: float = DEFAULT_NMS_RADIUS
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
@@ -161,6 +163,7 @@ class HPatchesConfig:
             "threads": self.threads,
             "engine": self.engine,
             "scales": list(self.scales),
+            "shifts": [list(d) for d in self.shifts],
             "nms_radius": self.nms_radius,
         }
 

@@ -68,6 +68,7 @@ class LocalizationConf:
         weights: method name -> weights file (None entries: default weights).
         engine: zippy engine ("auto", "int8", "fp32", "onnx").
         scales: zippy image-pyramid scales (``zippy.load``; other methods ignore them).
+        shifts: zippy grid shifts (dx, dy) (``zippy.load``; other methods ignore them).
         nms_radius: zippy keypoint NMS radius in px (``zippy.load``; other methods ignore it).
         mapping: "auto" (triangulate from known poses, SfM otherwise; SfM for leave-one-out),
             "triangulate" or "sfm".
@@ -93,6 +94,7 @@ class LocalizationConf:
     weights: dict[str, str | None] = field(default_factory=dict)
     engine: str = "auto"
     scales: tuple[float, ...] = (1.0,)
+    shifts: tuple[tuple[int, int], ...] = ((0, 0),)
     nms_radius: float = DEFAULT_NMS_RADIUS
     mapping: str = "auto"
     pairs: str = "exhaustive"
