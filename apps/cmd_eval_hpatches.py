@@ -36,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include", action="append", default=None, metavar="GLOB", help="only sequences matching")
     parser.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave out sequences matching")
     parser.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
+    parser.add_argument(
+        "--dedup-px",
+        type=float,
+        default=0.0,
+        metavar="PX",
+        help="protocol variant: drop every method's keypoints within PX of a better one before matching "
+        "(one corner found several times counts once; default 0, off)",
+    )
     add_method_options(parser)
 
 
@@ -53,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         scales=args.scales,
         shifts=args.shifts,
         nms_radius=args.nms_radius,
+        dedup_px=args.dedup_px,
         include=tuple(args.include) if args.include else None,
         exclude=tuple(args.exclude),
         overwrite=args.overwrite,

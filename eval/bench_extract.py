@@ -15,8 +15,9 @@ Methods (names in the results):
     * ``zippypoint-fq``: the same network with fake quantization on (the training-time reference).
     * ``zippypoint-int8``: the int8 engine (``zippy.quant.int8``), the default where supported.
     * ``zippypoint-int8-x1.41+1``: the int8 engine on the two-scale pyramid; ``zippypoint-int8-x1.41+1-g2``: the
-      same with a second cell grid half a cell away at each scale (``shifts=((0, 0), (4, 4))``), the most
-      accurate setting of docs/hpatches.md ("Session 12"); both not in the default set.
+      same with a second cell grid half a cell away at each scale (``shifts=((0, 0), (4, 4))``);
+      ``zippypoint-int8-x1.41+1-g4``: with four grids (shifts (0, 0), (4, 0), (0, 4), (4, 4)), the most
+      accurate setting of docs/hpatches.md ("Session 12"); none of the three in the default set.
     * ``zippypoint-onnx``: onnxruntime int8 graph (``zippy.quant.onnx_engine``; not in the default set).
     * ``zippypoint_small-int8`` / ``zippypoint_small-fp32``: the narrow shipped variant
       (``zippy.load("zippypoint_small")``, weights/zippypoint_small.pt), int8 engine / float with fake
@@ -84,12 +85,14 @@ DEFAULT_METHODS = (
 # name -> (model, engine, fake quantization on, image-pyramid scales, grid shifts)
 ONE = ((0, 0),)
 HALF_CELL = ((0, 0), (4, 4))
+FOUR_GRIDS = ((0, 0), (4, 0), (0, 4), (4, 4))
 ZIPPY_VARIANTS = {
     "zippypoint-fp32": ("zippypoint", "fp32", False, (1.0,), ONE),
     "zippypoint-fq": ("zippypoint", "fp32", True, (1.0,), ONE),
     "zippypoint-int8": ("zippypoint", "int8", True, (1.0,), ONE),
     "zippypoint-int8-x1.41+1": ("zippypoint", "int8", True, (1.41, 1.0), ONE),
     "zippypoint-int8-x1.41+1-g2": ("zippypoint", "int8", True, (1.41, 1.0), HALF_CELL),
+    "zippypoint-int8-x1.41+1-g4": ("zippypoint", "int8", True, (1.41, 1.0), FOUR_GRIDS),
     "zippypoint-onnx": ("zippypoint", "onnx", True, (1.0,), ONE),
     "zippypoint_small-fp32": ("zippypoint_small", "fp32", False, (1.0,), ONE),
     "zippypoint_small-int8": ("zippypoint_small", "int8", True, (1.0,), ONE),

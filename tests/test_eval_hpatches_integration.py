@@ -273,3 +273,37 @@ def test_shift_invariance(dataset, tmp_path):
     assert zp["8"]["repeatability@3"] > zp["4"]["repeatability@3"]
     assert summary["methods"]["zippypoint_small"]["params"]["shifts"] == [[0, 0]]
     assert "| orb | mma@3 |" in (tmp_path / "si" / "table.md").read_text()
+
+
+def test_suppress_near_duplicates_keeps_the_best_of_each_cluster() -> None:
+    from zippy.features import Features
+    from zippy_eval.hpatches.pipeline import suppress_near_duplicates
+
+    kp = np.array([[10, 10], [10.5, 10], [30, 30], [11.8, 10], [13.5, 10]], np.float32)
+    scores = np.array([0.5, 0.9, 0.7, 0.8, 0.1], np.float32)
+    desc = np.arange(5, dtype=np.uint8)[:, None].repeat(32, 1)
+    out = suppress_near_duplicates(Features(kp, scores, desc, (64, 48), {}), 2.0)
+    # 1 (0.9) suppresses 0 and 3 (within 2 px); 4 is 3.0 px from 1, kept; 2 is alone
+    # (3 is within 2 px of 4 too, but a suppressed keypoint suppresses nothing); the kept ones keep their order
+    assert out.keypoints.tolist() == [[10.5, 10], [30, 30], [13.5, 10]] and out.descriptors[:, 0].tolist() == [1, 2, 4]
+    np.testing.assert_allclose(out.scores, [0.9, 0.7, 0.1])
+    assert len(suppress_near_duplicates(Features(kp, scores, desc, (64, 48), {}), 0.1)) == 5
+    with pytest.raises(ValueError, match="dedup_px must be >= 0"):
+        HPatchesConfig(methods=("orb",), dedup_px=-1)
+
+
+def test_dedup_protocol_variant(dataset, tmp_path):
+    """The variant drops near-duplicates before matching and is recorded in the protocol."""
+    conf = HPatchesConfig(methods=("orb",), settings=(SETTING,), dedup_px=2.0, cache_dir=str(tmp_path / "cache"))
+    plain = json.loads(
+        run(
+            HPatchesConfig(methods=("orb",), settings=(SETTING,), cache_dir=str(tmp_path / "cache")),
+            dataset,
+            tmp_path / "plain",
+        ).read_text()
+    )
+    dedup = json.loads(run(conf, dataset, tmp_path / "dedup").read_text())
+    assert dedup["protocol"]["dedup_px"] == 2.0 and plain["protocol"]["dedup_px"] == 0.0
+    n_plain = sum(r["n_kp0"] for r in plain["rows"])
+    n_dedup = sum(r["n_kp0"] for r in dedup["rows"])
+    assert 0 < n_dedup < n_plain  # ORB's pyramid levels repeat corners

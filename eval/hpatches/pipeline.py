@@ -42,7 +42,16 @@ from zippy_eval.hpatches.metrics import (
 )
 from zippy_eval.methods import Method, MethodUnavailableError, extraction_tag, method_for_run
 
-__all__ = ["DEFAULT_SETTINGS", "HPatchesConfig", "Setting", "aggregate", "evaluate_sequence", "run", "set_threads"]
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "HPatchesConfig",
+    "Setting",
+    "aggregate",
+    "evaluate_sequence",
+    "run",
+    "set_threads",
+    "suppress_near_duplicates",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +100,10 @@ class HPatchesConfig:
         scales: zippy image-pyramid scales (``zippy.load``; other methods ignore them).
         shifts: zippy grid shifts (dx, dy) (``zippy.load``; other methods ignore them).
         nms_radius: zippy keypoint NMS radius in px (``zippy.load``; other methods ignore it).
+        dedup_px: protocol variant, 0 (default) = off: before matching, every method's keypoints within this
+            distance (px) of a better-scored keypoint of the same image are dropped
+            (:func:`suppress_near_duplicates`), so that one corner found several times (ORB's pyramid levels,
+            zippy's scales and grid shifts) counts once.
         include, exclude: glob patterns on sequence names.
         overwrite: recompute cached features.
         rep_threshold: repeatability / localization distance (px).
@@ -110,6 +123,7 @@ class HPatchesConfig:
     scales: tuple[float, ...] = (1.0,)
     shifts: tuple[tuple[int, int], ...] = ((0, 0),)
     nms_radius: float = DEFAULT_NMS_RADIUS
+    dedup_px: float = 0.0
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     overwrite: bool = False
@@ -135,6 +149,8 @@ class HPatchesConfig:
         unknown = set(self.weights) - set(self.methods)
         if unknown:
             raise ValueError(f"weights given for methods not evaluated: {sorted(unknown)}")
+        if not self.dedup_px >= 0:
+            raise ValueError(f"dedup_px must be >= 0 (px; 0 = off), got {self.dedup_px!r}")
 
     def protocol(self) -> dict[str, Any]:
         """The protocol part of the summary."""
@@ -165,6 +181,7 @@ class HPatchesConfig:
             "scales": list(self.scales),
             "shifts": [list(d) for d in self.shifts],
             "nms_radius": self.nms_radius,
+            "dedup_px": self.dedup_px,
         }
 
 
@@ -316,10 +333,34 @@ def _evaluate_method(
                         skipped_sequences.setdefault(dtag, {})[seq.name] = reason
                         bar.update(len(seq.images) - len(feats))
                         continue
+                    if conf.dedup_px > 0:
+                        feats = [suppress_near_duplicates(f, conf.dedup_px) for f in feats]
                     rows.extend(evaluate_sequence(seq, feats, setting, conf, dtag, method.name))
             finally:
                 cache.flush()
     return rows, times
+
+
+def suppress_near_duplicates(feats: Features, radius: float) -> Features:
+    """``feats`` without the keypoints within ``radius`` px of a kept keypoint with a higher score.
+
+    Greedy, best score first (ties: the earlier keypoint); the kept keypoints stay in their order. Keypoints
+    float32 [N, 2], scores [N] and descriptors [N, ...] are filtered together.
+    """
+    n = len(feats.keypoints)
+    if n == 0:
+        return feats
+    kp = np.asarray(feats.keypoints, np.float64)
+    order = np.argsort(-np.asarray(feats.scores, np.float64), kind="stable")
+    close = ((kp[:, None] - kp[None]) ** 2).sum(-1) <= radius * radius
+    keep = np.zeros(n, bool)
+    gone = np.zeros(n, bool)
+    for i in order:
+        if not gone[i]:
+            keep[i] = True
+            gone |= close[i]
+    idx = np.flatnonzero(keep)
+    return Features(feats.keypoints[idx], feats.scores[idx], feats.descriptors[idx], feats.image_size, dict(feats.meta))
 
 
 def _features(
