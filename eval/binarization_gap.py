@@ -168,13 +168,15 @@ def _table(aggregates: dict[str, Any], variants: Sequence[str], own_ones: int) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from zippy_apps.eval_args import add_scales_option, add_shifts_option
+
     p = argparse.ArgumentParser(prog="python -m zippy_eval.binarization_gap", description=__doc__.splitlines()[0])
     p.add_argument("dataset", help="HPatches-layout folder")
     p.add_argument("--weights", required=True, help="weights of a binary network (e.g. weights/zippypoint.pt)")
     p.add_argument("--out", required=True, help="result folder")
     p.add_argument("--setting", default="480x640:1000", help="HxW:top_k (default 480x640:1000)")
-    p.add_argument("--scales", default="1", help="image-pyramid scales, comma separated (default 1)")
-    p.add_argument("--shifts", default="0:0", help="grid shifts DX:DY, comma separated (default 0:0)")
+    add_scales_option(p)
+    add_shifts_option(p)
     p.add_argument("--ones", default="32,64,96,128", help="k values, comma separated (default 32,64,96,128)")
     p.add_argument("--engine", default="auto", help="zippy engine (default auto)")
     p.add_argument("--include", action="append", default=None, help="glob on sequence names (repeatable)")
@@ -182,18 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        scales = [float(s) for s in args.scales.split(",")]
         ones = [int(k) for k in args.ones.split(",")]
-        shifts = [tuple(int(v) for v in d.split(":")) for d in args.shifts.split(",")]
     except ValueError as e:
-        p.error(f"--scales takes numbers, --ones integers and --shifts DX:DY pairs, comma separated: {e}")
+        p.error(f"--ones takes integers, comma separated: {e}")
     path = run(
         args.dataset,
         args.weights,
         args.out,
         setting=args.setting,
-        scales=scales,
-        shifts=shifts,
+        scales=args.scales,
+        shifts=args.shifts,
         ones=ones,
         engine=args.engine,
         include=args.include,

@@ -170,15 +170,15 @@ def _table(means: dict[str, Any], offsets: Sequence[int]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zippy_apps.eval_args import csv_list, method_weights, scales_list, shifts_list
+    from zippy_apps.eval_args import add_scales_option, add_shifts_option, add_weights_option, csv_list, method_weights
 
     p = argparse.ArgumentParser(prog="python -m zippy_eval.shift_invariance", description=__doc__.splitlines()[0])
     p.add_argument("dataset", help="HPatches-layout folder (image 1 of each sequence is used)")
     p.add_argument("--out", required=True, help="result folder")
     p.add_argument("--methods", type=csv_list, default=["zippypoint", "orb_teblid"], help="comma separated")
-    p.add_argument("--weights", action="append", default=[], metavar="METHOD=PATH", help="repeatable")
-    p.add_argument("--scales", type=scales_list, default=(1.0,), help="zippy image-pyramid scales, e.g. 1.41,1")
-    p.add_argument("--shifts", type=shifts_list, default=((0, 0),), help="zippy grid shifts, e.g. 0:0,4:4")
+    add_weights_option(p)
+    add_scales_option(p)
+    add_shifts_option(p)
     p.add_argument("--setting", default="480x640:1000", help="HxW:top_k (default 480x640:1000)")
     p.add_argument("--max-shift", type=int, default=8, help="largest shift in px (default 8)")
     p.add_argument("--include", action="append", default=None, help="glob on sequence names (repeatable)")

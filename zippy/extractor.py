@@ -90,7 +90,7 @@ class Extractor:
         shifts: grid shifts (default ((0, 0),), one pass per scale). The network sees the image through
             8x8 cells, so what it detects and how it describes a point depend on where the point falls in
             its cell: shifting an image by 4 px drops zippypoint's repeatability to about 0.74 and its MMA@3
-            to 0.85 (docs/hpatches.md, "Session 12"). Each (dx, dy) adds a pass per scale on the image
+            to about 0.84 (docs/hpatches.md, "Session 12"). Each (dx, dy) adds a pass per scale on the image
             without its first dx columns and dy rows (the grid moved by (dx, dy)); the keypoints of all
             passes are mapped back and the ``max_keypoints`` best by score kept, as with ``scales``.
             ((0, 0), (4, 4)) doubles the cost.
