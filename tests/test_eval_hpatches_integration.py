@@ -307,3 +307,5 @@ def test_dedup_protocol_variant(dataset, tmp_path):
     n_plain = sum(r["n_kp0"] for r in plain["rows"])
     n_dedup = sum(r["n_kp0"] for r in dedup["rows"])
     assert 0 < n_dedup < n_plain  # ORB's pyramid levels repeat corners
+    assert "Protocol variant" in (tmp_path / "dedup" / "table.md").read_text()
+    assert "Protocol variant" not in (tmp_path / "plain" / "table.md").read_text()

@@ -509,6 +509,12 @@ def _table(summary: dict[str, Any], conf: HPatchesConfig) -> str:
         "ms/img = extraction time per image.",
         "",
     ]
+    if conf.dedup_px > 0:
+        lines += [
+            f"Protocol variant: every method's keypoints within {conf.dedup_px:g} px of a better-scored keypoint "
+            "were dropped before matching (--dedup-px); not comparable with runs without it.",
+            "",
+        ]
     if summary.get("skipped_methods"):
         lines += ["Skipped methods: " + "; ".join(f"{k}: {v}" for k, v in summary["skipped_methods"].items()), ""]
     timing = summary["timings_ms_per_image"]
