@@ -38,6 +38,7 @@ from zippy_eval.hpatches.metrics import (
     DEFAULT_MMA_THRESHOLDS,
     FAR_WRONG_PX,
     WRONG_KEYS,
+    _pairwise_distances,
     evaluate_pair,
 )
 from zippy_eval.methods import Method, MethodUnavailableError, extraction_tag, method_for_run
@@ -352,7 +353,7 @@ def suppress_near_duplicates(feats: Features, radius: float) -> Features:
         return feats
     kp = np.asarray(feats.keypoints, np.float64)
     order = np.argsort(-np.asarray(feats.scores, np.float64), kind="stable")
-    close = ((kp[:, None] - kp[None]) ** 2).sum(-1) <= radius * radius
+    close = _pairwise_distances(kp, kp) <= radius
     keep = np.zeros(n, bool)
     gone = np.zeros(n, bool)
     for i in order:
