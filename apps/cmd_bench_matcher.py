@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     conf, output_dir = config_from_args(args)
     summary = run_bench(conf, output_dir)
-    print((summary.parent / "table.md").read_text(encoding="utf-8"))
-    print(f"results: {summary.parent}")
+    from zippy_eval.results import print_results
+
+    print_results(summary)
     return 0

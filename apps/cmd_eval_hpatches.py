@@ -12,7 +12,6 @@ Writes summary.json, table.md and mma_<dataset>.png under ``--out`` (see
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from zippy_apps.eval_args import add_method_options, csv_list, limit_threads, method_weights
 
@@ -69,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
     )
     summary = run_pipeline(conf, args.datasets, args.out)
-    print((Path(summary).parent / "table.md").read_text(encoding="utf-8"))
-    print(f"results: {summary}")
+    from zippy_eval.results import print_results
+
+    print_results(summary)
     return 0

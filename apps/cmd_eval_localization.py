@@ -14,7 +14,6 @@ summary.json, table.md and errors.png under ``--out`` and prints the table.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from zippy_apps.eval_args import add_method_options, csv_list, limit_threads, method_weights
 
@@ -72,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     )
     dataset = load_dataset(args.dataset, args.cache, num_threads=args.threads)
     summary = run_pipeline(conf, dataset, args.out)
-    print((Path(summary).parent / "table.md").read_text(encoding="utf-8"))
-    print(f"results: {summary}")
+    from zippy_eval.results import print_results
+
+    print_results(summary)
     return 0

@@ -12,7 +12,6 @@ and prints the table.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from zippy_apps.eval_args import add_method_options, csv_list, limit_threads, method_weights
 
@@ -52,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     summary = run_pipeline(conf, args.dataset, args.out)
-    print((Path(summary).parent / "table.md").read_text(encoding="utf-8"))
-    print(f"results: {summary}")
+    from zippy_eval.results import print_results
+
+    print_results(summary)
     return 0

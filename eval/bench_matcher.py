@@ -620,8 +620,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     conf, output_dir = config_from_args(parser.parse_args(argv))
     path = run(conf, output_dir)
-    print((path.parent / "table.md").read_text(encoding="utf-8"))
-    print(f"results: {path.parent}")
+    from zippy_eval.results import print_results
+
+    print_results(path)
     return 0
 
 

@@ -581,8 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency=not args.no_latency,
     )
     path = run(conf, args.output, args.doc)
-    print((path.parent / "table.md").read_text(encoding="utf-8"))
-    print(f"results: {path.parent}; document: {args.doc}")
+    from zippy_eval.results import print_results
+
+    print_results(path, f"; document: {args.doc}")
     return 0
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "environment",
     "git_commit",
     "markdown_table",
+    "print_results",
     "to_jsonable",
     "versions",
     "write_json",
@@ -204,6 +205,13 @@ def write_summary(
             raise ValueError(f"extra key {key!r} collides with a summary field")
         doc[key] = value
     return write_json(Path(output_dir) / name, doc)
+
+
+def print_results(summary: str | os.PathLike, note: str = "") -> None:
+    """Print the ``table.md`` beside a ``summary.json`` and where the results are (what eval mains end with)."""
+    folder = Path(summary).parent
+    print((folder / "table.md").read_text(encoding="utf-8"))
+    print(f"results: {folder}{note}")
 
 
 def _cell(value: Any, fmt: str) -> str:

@@ -198,8 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         include=args.include,
         threads=args.threads,
     )
-    print((path.parent / "table.md").read_text(encoding="utf-8"))
-    print(f"wrote {path}")
+    from zippy_eval.results import print_results
+
+    print_results(path)
     return 0
 
 
