@@ -216,7 +216,8 @@ def run(conf: BenchConfig, output_dir: str | os.PathLike) -> Path:
     Returns:
         Path of summary.json.
     """
-    from zippy_apps.cmd_stream import method_info, run_stream, set_threads
+    from zippy.threads import set_threads
+    from zippy_apps.cmd_stream import method_info, run_stream
     from zippy_apps.stream import track
     from zippy_eval.results import markdown_table, write_summary, write_text
 
@@ -304,7 +305,7 @@ def run(conf: BenchConfig, output_dir: str | os.PathLike) -> Path:
         ],
         floatfmt=["s", "s", "d", ".1f", ".1f", ".1f", *[".2f"] * len(stages), ".2f"],
     )
-    from zippy_apps.cmd_stream import thread_info
+    from zippy.threads import thread_info
 
     threads = thread_info()  # after every extractor is loaded (torch's setting included)
     note = (

@@ -16,13 +16,14 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from zippy.threads import set_threads, thread_info
 
 logger = logging.getLogger(__name__)
 
@@ -150,38 +151,6 @@ def method_info(extractor: Any, name: str) -> dict[str, Any]:
     """``extractor.info()`` when it has one, else its name and type."""
     info = getattr(extractor, "info", None)
     return dict(info()) if callable(info) else {"name": name, "type": type(extractor).__name__}
-
-
-def set_threads(n: int) -> None:
-    """Use ``n`` threads in OpenCV, the matcher and, when it is loaded, torch."""
-    import cv2
-
-    from zippy import matching
-
-    cv2.setNumThreads(n)
-    matching.set_num_threads(n)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(n)
-
-
-def thread_info() -> dict[str, Any]:
-    """Thread settings and load average, for results."""
-    import cv2
-
-    torch = sys.modules.get("torch")
-    try:
-        load: list[float] | None = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        load = None
-    from zippy import matching
-
-    return {
-        "opencv_threads": cv2.getNumThreads(),
-        "matcher_threads": matching.get_num_threads(),
-        "torch_threads": torch.get_num_threads() if torch is not None else None,
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "loadavg": load,
-    }
 
 
 class _Outputs:

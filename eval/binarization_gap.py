@@ -87,8 +87,9 @@ def run(
 
     import zippy
     from zippy.image import read_image, resize_image
+    from zippy.threads import set_threads
     from zippy_eval.hpatches.dataset import load_hpatches
-    from zippy_eval.hpatches.pipeline import HPatchesConfig, Setting, aggregate, set_threads
+    from zippy_eval.hpatches.pipeline import HPatchesConfig, Setting, aggregate
     from zippy_eval.hpatches.pipeline import evaluate_sequence as sequence_rows
     from zippy_eval.results import write_summary, write_text
 

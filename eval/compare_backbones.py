@@ -198,20 +198,6 @@ def compute_stats(model: Any, height: int = 240, width: int = 320) -> dict[str, 
 # ----------------------------------------------------------------------------------------------- latency
 
 
-def _set_threads(n: int) -> None:
-    import cv2
-    import torch
-
-    torch.set_num_threads(n)
-    cv2.setNumThreads(n)
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        log.debug("numba not installed: no numba threads to set")
-
-
 def _calibrated_copy(model: Any) -> Any:
     """A copy whose never-trained activation ranges are set by one random forward pass (latency only)."""
     import torch
@@ -329,7 +315,9 @@ def run(conf: CompareConfig, output_dir: str | os.PathLike, doc_path: str | os.P
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown backbones {unknown}; choose from {known}")
-    _set_threads(conf.threads)
+    from zippy.threads import set_threads
+
+    set_threads(conf.threads)
     rows: list[dict[str, Any]] = []
     trained: dict[str, Path] = {}
     for name in tqdm(names, desc="backbones"):

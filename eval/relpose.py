@@ -392,7 +392,8 @@ def run(conf: RelPoseConf, dataset_dir: str | os.PathLike, output_dir: str | os.
     Raises:
         ValueError: wrong layout or no method can run.
     """
-    from zippy_eval.localization.pipeline import method_tag, set_threads
+    from zippy.threads import set_threads
+    from zippy_eval.localization.pipeline import method_tag
     from zippy_eval.methods import MethodUnavailableError, method_for_run
     from zippy_eval.results import write_summary, write_text
 

@@ -95,8 +95,9 @@ def run(
     from tqdm import tqdm
 
     from zippy.image import read_image, resize_image
+    from zippy.threads import set_threads
     from zippy_eval.hpatches.dataset import load_hpatches
-    from zippy_eval.hpatches.pipeline import Setting, set_threads
+    from zippy_eval.hpatches.pipeline import Setting
     from zippy_eval.methods import get_method, match_features
     from zippy_eval.results import write_summary, write_text
 

@@ -53,6 +53,7 @@ __all__ = [
     "match_l2",
     "matches0_to_matches",
     "matches_to_matches0",
+    "max_num_threads",
     "set_num_threads",
     "warmup",
 ]
@@ -115,15 +116,21 @@ def get_num_threads() -> int:
     return 1 if _default_threads is None else _default_threads
 
 
+def max_num_threads() -> int | None:
+    """The most threads :func:`set_num_threads` accepts: numba's pool size (None without numba: no limit)."""
+    if not _numba_installed():
+        return None
+    import numba
+
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
 def _check_threads(n: Any, numba_limit: bool = True) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"threads must be a positive int, got {n!r}")
-    if numba_limit and _numba_installed():
-        import numba
-
-        limit = int(numba.config.NUMBA_NUM_THREADS)
-        if n > limit:
-            raise ValueError(f"threads must be <= NUMBA_NUM_THREADS = {limit} (set it before starting), got {n}")
+    limit = max_num_threads() if numba_limit else None
+    if limit is not None and n > limit:
+        raise ValueError(f"threads must be <= NUMBA_NUM_THREADS = {limit} (set it before starting), got {n}")
     return int(n)
 
 

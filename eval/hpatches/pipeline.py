@@ -32,6 +32,7 @@ import numpy as np
 
 from zippy import DEFAULT_NMS_RADIUS
 from zippy.features import Features
+from zippy.threads import set_threads
 from zippy_eval.hpatches.dataset import HPatchesDataset, HSequence, load_hpatches
 from zippy_eval.hpatches.metrics import (
     DEFAULT_ACCURACY_THRESHOLDS,
@@ -50,7 +51,6 @@ __all__ = [
     "aggregate",
     "evaluate_sequence",
     "run",
-    "set_threads",
     "suppress_near_duplicates",
 ]
 
@@ -744,15 +744,3 @@ def _config_dict(conf: HPatchesConfig) -> dict[str, Any]:
     d = asdict(conf)
     d["settings"] = [s.tag for s in conf.settings]
     return d
-
-
-def set_threads(n: int) -> None:
-    """Use ``n`` threads in OpenCV and torch (torch only when installed)."""
-    import cv2
-
-    cv2.setNumThreads(n)
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(n)

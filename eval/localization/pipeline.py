@@ -29,6 +29,7 @@ import numpy as np
 
 from zippy import DEFAULT_NMS_RADIUS
 from zippy.features import Features
+from zippy.threads import set_threads
 from zippy_eval.localization import features_h5
 from zippy_eval.localization.datasets import LocalizationDataset
 from zippy_eval.localization.localize import LocalizationResult, LocalizeOptions, localize_queries, write_failures
@@ -47,7 +48,6 @@ __all__ = [
     "method_tag",
     "run",
     "run_method",
-    "set_threads",
     "slug",
 ]
 
@@ -619,18 +619,6 @@ def _plot(rows: Sequence[dict[str, Any]], methods: Sequence[str], path: Path) ->
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
     return path
-
-
-def set_threads(n: int) -> None:
-    """Limit OpenCV and torch to ``n`` threads."""
-    import cv2
-
-    cv2.setNumThreads(n)
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(n)
 
 
 def run(conf: LocalizationConf, dataset: LocalizationDataset, output_dir: str | os.PathLike) -> Path:
