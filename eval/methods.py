@@ -50,6 +50,7 @@ __all__ = [
     "get_method",
     "match_features",
     "method_for_run",
+    "methods_for_run",
     "sha256_file",
 ]
 
@@ -400,6 +401,25 @@ def method_for_run(name: str, conf: Any) -> Method:
         shifts=conf.shifts,
         nms_radius=conf.nms_radius,
     )
+
+
+def methods_for_run(conf: Any) -> tuple[list[Method], dict[str, str]]:
+    """The methods of ``conf.methods`` that can run here (:func:`method_for_run`), and {name: reason} of the rest.
+
+    Raises:
+        ValueError: none of them can run.
+    """
+    methods: list[Method] = []
+    skipped: dict[str, str] = {}
+    for name in conf.methods:
+        try:
+            methods.append(method_for_run(name, conf))
+        except MethodUnavailableError as e:
+            logger.warning("skipping method %s: %s", name, e)
+            skipped[name] = str(e)
+    if not methods:
+        raise ValueError(f"no method can run: {skipped}")
+    return methods, skipped
 
 
 def match_features(

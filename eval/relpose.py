@@ -394,7 +394,7 @@ def run(conf: RelPoseConf, dataset_dir: str | os.PathLike, output_dir: str | os.
     """
     from zippy.threads import set_threads
     from zippy_eval.localization.pipeline import method_tag
-    from zippy_eval.methods import MethodUnavailableError, method_for_run
+    from zippy_eval.methods import methods_for_run
     from zippy_eval.results import write_summary, write_text
 
     output_dir = Path(output_dir)
@@ -403,21 +403,13 @@ def run(conf: RelPoseConf, dataset_dir: str | os.PathLike, output_dir: str | os.
     rows: list[dict[str, Any]] = []
     aggregates: dict[str, dict[str, Any]] = {}
     infos: dict[str, dict[str, Any]] = {}
-    skipped: dict[str, str] = {}
-    for name in conf.methods:
-        try:
-            method = method_for_run(name, conf)
-        except MethodUnavailableError as e:
-            logger.warning("skipping method %s: %s", name, e)
-            skipped[name] = str(e)
-            continue
+    methods, skipped = methods_for_run(conf)
+    for method in methods:
         infos[method.name] = method.info()
         mrows = _evaluate_method(method, conf, image_dir, pairs, output_dir / "cache" / method_tag(method, conf))
         rows.extend(mrows)
         aggregates[method.name] = _aggregate(mrows)
         logger.info("%s: AUC %s", method.name, aggregates[method.name]["auc"])
-    if not infos:
-        raise ValueError(f"no method can run: {skipped}")
     write_text(output_dir / "table.md", _table(aggregates))
     _plot(rows, list(infos), output_dir / "pose_error.png")
     dataset = {"root": str(Path(dataset_dir)), "num_pairs": len(pairs), "problems": problems}

@@ -16,6 +16,7 @@ from zippy_eval.methods import (
     default_aliked_weights,
     get_method,
     match_features,
+    methods_for_run,
 )
 
 DIMS = {"orb": 32, "sift": 128, "akaze": 61, "brisk": 64, "orb_teblid": 32}
@@ -91,6 +92,17 @@ def test_registry_errors(image):
         get_method("aliked", weights="/nonexistent/aliked.pth")
     names = available_methods()
     assert set(OPENCV_METHODS) <= set(names) and "aliked" in names
+
+
+def test_methods_for_run_skips_unavailable_methods():
+    from zippy_eval.hpatches.pipeline import HPatchesConfig
+
+    missing = "/nonexistent/aliked.pth"
+    methods, skipped = methods_for_run(HPatchesConfig(methods=("orb", "aliked"), weights={"aliked": missing}))
+    assert [m.name for m in methods] == ["orb"]
+    assert list(skipped) == ["aliked"] and "not found" in skipped["aliked"]
+    with pytest.raises(ValueError, match="no method can run"):
+        methods_for_run(HPatchesConfig(methods=("aliked",), weights={"aliked": missing}))
 
 
 def test_aliked(image):

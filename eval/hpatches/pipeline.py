@@ -42,7 +42,7 @@ from zippy_eval.hpatches.metrics import (
     _pairwise_distances,
     evaluate_pair,
 )
-from zippy_eval.methods import Method, MethodUnavailableError, extraction_tag, method_for_run
+from zippy_eval.methods import Method, extraction_tag, methods_for_run
 
 __all__ = [
     "DEFAULT_SETTINGS",
@@ -680,16 +680,7 @@ def run(
     datasets = [load_hpatches(d, include=conf.include, exclude=conf.exclude) for d in dirs]
     tags = _dataset_tags(datasets)
 
-    methods: list[Method] = []
-    skipped_methods: dict[str, str] = {}
-    for name in conf.methods:
-        try:
-            methods.append(method_for_run(name, conf))
-        except MethodUnavailableError as e:
-            logger.warning("skipping method %s: %s", name, e)
-            skipped_methods[name] = str(e)
-    if not methods:
-        raise ValueError(f"no method can run: {skipped_methods}")
+    methods, skipped_methods = methods_for_run(conf)
 
     cache_root = Path(conf.cache_dir) if conf.cache_dir else output_dir / "cache"
     rows: list[dict[str, Any]] = []

@@ -631,13 +631,12 @@ def run(conf: LocalizationConf, dataset: LocalizationDataset, output_dir: str | 
     Raises:
         ValueError: every method unavailable, or an impossible configuration for the dataset.
     """
-    from zippy_eval.methods import MethodUnavailableError, method_for_run
+    from zippy_eval.methods import methods_for_run
     from zippy_eval.results import write_summary, write_text
 
     output_dir = Path(output_dir)
     set_threads(conf.num_threads)
     problems = list(dataset.problems)
-    skipped: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
     aggregates: dict[str, dict[str, Any]] = {}
     infos: dict[str, dict[str, Any]] = {}
@@ -645,13 +644,8 @@ def run(conf: LocalizationConf, dataset: LocalizationDataset, output_dir: str | 
     timings: dict[str, float] = {}
     poses_files: dict[str, str] = {}
     gt = dataset.query_gt is not None
-    for name in conf.methods:
-        try:
-            method = method_for_run(name, conf)
-        except MethodUnavailableError as e:
-            logger.warning("skipping method %s: %s", name, e)
-            skipped[name] = str(e)
-            continue
+    methods, skipped = methods_for_run(conf)
+    for method in methods:
         infos[method.name] = method.info()
         work = output_dir / "cache" / method_tag(method, conf)
         out = run_method(method, conf, dataset, work, problems)
@@ -662,8 +656,6 @@ def run(conf: LocalizationConf, dataset: LocalizationDataset, output_dir: str | 
         timings[method.name] = out.seconds
         poses_files[method.name] = str((work / "poses.txt").relative_to(output_dir))
         logger.info("%s on %s: %s", method.name, dataset.name, aggregates[method.name].get("recall", ""))
-    if not infos:
-        raise ValueError(f"no method can run: {skipped}")
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text(output_dir / "table.md", _table(aggregates, conf, gt))
     extra: dict[str, Any] = {
