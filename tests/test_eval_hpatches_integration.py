@@ -106,6 +106,13 @@ def test_orb_and_zippy_end_to_end(dataset, tmp_path):
         assert by_pair["1-3"]["mma@3"] == pytest.approx(sel[0]["mma"][2])
         assert by_pair["1-3"]["h_acc@3"] == float(sel[0]["h_acc@3"])
     assert "H@3 / MMA@3 by pair" in table and "| method | i 1-2 | i 1-3 | v 1-2 | v 1-3 |" in table
+    # v_ by motion: every v_ pair in exactly one rotation bin and one scale bin
+    v_rows = [r for r in summary["rows"] if r["method"] == "orb" and r["kind"] == "v"]
+    by_motion = agg["orb"]["v"]["by_motion"]
+    for prefix in ("rotation", "scale"):
+        assert sum(c["num_pairs"] for k, c in by_motion.items() if k.startswith(prefix)) == len(v_rows)
+    assert all(r["rotation_deg"] >= 0 and r["scale_change"] >= 1 for r in summary["rows"])
+    assert "by the rotation and the scale change" in table
     assert (out / f"mma_{dtag}.png").stat().st_size > 1000
 
     # rerun: every feature comes from the cache (files untouched), same numbers

@@ -226,3 +226,27 @@ def test_bad_input_raises_value_error():
         mean_matching_accuracy(kp, kp, np.array([[0, 99]]), I3)
     with pytest.raises(ValueError, match="int"):
         mean_matching_accuracy(kp, kp, np.array([[0.0, 1.0]]), I3)
+
+
+def test_local_rotation_scale():
+    from zippy_eval.hpatches.metrics import local_rotation_scale
+
+    a, s = np.radians(-30.0), 1.5
+    similarity = np.array([[s * np.cos(a), -s * np.sin(a), 10.0], [s * np.sin(a), s * np.cos(a), 5.0], [0, 0, 1]])
+    assert local_rotation_scale(similarity, (100.0, 50.0)) == pytest.approx((30.0, 1.5))
+    assert local_rotation_scale(np.linalg.inv(similarity), (3.0, 7.0)) == pytest.approx((30.0, 1.5))
+    # with perspective: the analytic Jacobian agrees with finite differences of the warp
+    H = np.array([[0.9, 0.2, 12.0], [-0.15, 1.1, -4.0], [2e-4, -3e-4, 1.0]])
+    p, e = np.array([160.0, 120.0]), 1e-4
+    dx, dy = np.array([e, 0.0]), np.array([0.0, e])
+
+    def warp(x: np.ndarray) -> np.ndarray:
+        q = H @ np.array([x[0], x[1], 1.0])
+        return q[:2] / q[2]
+
+    J = np.stack([(warp(p + dx) - warp(p - dx)) / (2 * e), (warp(p + dy) - warp(p - dy)) / (2 * e)], 1)
+    rot = abs(np.degrees(np.arctan2(J[1, 0] - J[0, 1], J[0, 0] + J[1, 1])))
+    scale = np.sqrt(abs(np.linalg.det(J)))
+    assert local_rotation_scale(H, tuple(p)) == pytest.approx((rot, max(scale, 1 / scale)), rel=1e-6)
+    with pytest.raises(ValueError, match="infinity"):
+        local_rotation_scale(np.array([[1.0, 0, 0], [0, 1, 0], [1, 0, 0]]), (0.0, 5.0))

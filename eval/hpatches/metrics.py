@@ -54,6 +54,7 @@ __all__ = [
     "RepeatabilityResult",
     "evaluate_pair",
     "homography_accuracy",
+    "local_rotation_scale",
     "matching_score",
     "mean_matching_accuracy",
     "repeatability",
@@ -91,6 +92,28 @@ def _homography(H: np.ndarray) -> np.ndarray:
     if H.shape != (3, 3) or not np.isfinite(H).all():
         raise ValueError(f"homography must be finite float [3,3], got {H.dtype} {list(H.shape)}")
     return H
+
+
+def local_rotation_scale(H: np.ndarray, point: tuple[float, float]) -> tuple[float, float]:
+    """Rotation and scale change of a homography near a point (of its local affine map, the Jacobian).
+
+    Args:
+        H: float [3,3] mapping image 0 pixels to image 1 pixels.
+        point: (x, y) in image 0, e.g. the image centre.
+
+    Returns:
+        (|rotation| in degrees, in [0, 180]; scale change max(s, 1/s) >= 1, s = sqrt(|det J|)).
+    """
+    H = _homography(H)
+    q = H @ np.array([point[0], point[1], 1.0])
+    if abs(q[2]) < 1e-12:
+        raise ValueError(f"the homography maps {point} to infinity")
+    u, v = q[0] / q[2], q[1] / q[2]
+    J = np.array([[H[0, 0] - u * H[2, 0], H[0, 1] - u * H[2, 1]], [H[1, 0] - v * H[2, 0], H[1, 1] - v * H[2, 1]]])
+    J /= q[2]
+    rotation = abs(float(np.degrees(np.arctan2(J[1, 0] - J[0, 1], J[0, 0] + J[1, 1]))))
+    s = float(np.sqrt(abs(np.linalg.det(J))))
+    return rotation, (max(s, 1.0 / s) if s > 0 else float("inf"))
 
 
 def _pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:

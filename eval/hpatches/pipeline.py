@@ -41,6 +41,7 @@ from zippy_eval.hpatches.metrics import (
     WRONG_KEYS,
     _pairwise_distances,
     evaluate_pair,
+    local_rotation_scale,
 )
 from zippy_eval.methods import Method, extraction_tag, methods_for_run
 
@@ -392,6 +393,7 @@ def evaluate_sequence(
     """
     rows = []
     size = (setting.width, setting.height)
+    centre = ((setting.width - 1) / 2, (setting.height - 1) / 2)
     for i, j, H in seq.pairs():
         f0, f1 = feats[i], feats[j]
         H_s = _scaled_gt(H, seq.sizes[i], seq.sizes[j], setting)
@@ -420,6 +422,7 @@ def evaluate_sequence(
                 "pair": f"{i + 1}-{j + 1}",
                 "setting": setting.tag,
                 "method": method_name,
+                **dict(zip(("rotation_deg", "scale_change"), local_rotation_scale(H_s, centre))),
                 **metrics,
             }
         )
@@ -452,6 +455,8 @@ def aggregate(rows: Sequence[dict[str, Any]], conf: HPatchesConfig) -> dict[str,
                         groups[group] = _aggregate_group(sel, conf)
                         if group != "all":
                             groups[group]["by_pair"] = _by_pair(sel, conf)
+                        if group == "v":
+                            groups[group]["by_motion"] = _by_motion(sel, conf)
                 by_method[mname] = groups
     return out
 
@@ -470,6 +475,34 @@ def _by_pair(rows: Sequence[dict[str, Any]], conf: HPatchesConfig) -> dict[str, 
     for pair in sorted({r["pair"] for r in rows}, key=_pair_order):
         agg = _aggregate_group([r for r in rows if r["pair"] == pair], conf)
         out[pair] = {key: agg[key] for key in ("num_pairs", "h_acc@3", "mma@3")}
+    return out
+
+
+# bins of the rotation (degrees) and the scale change of v_ pairs at the image centre: [lo, hi)
+MOTION_BINS = {
+    "rotation_deg": ((0, 10), (10, 20), (20, 30), (30, 180)),
+    "scale_change": ((1.0, 1.2), (1.2, 1.4), (1.4, float("inf"))),
+}
+
+
+def _motion_label(key: str, lo: float, hi: float) -> str:
+    if key == "rotation_deg":
+        return f"rotation {lo:g}-{hi:g} deg" if hi < 180 else f"rotation >= {lo:g} deg"
+    return f"scale {lo:g}-{hi:g}x" if np.isfinite(hi) else f"scale >= {lo:g}x"
+
+
+def _by_motion(rows: Sequence[dict[str, Any]], conf: HPatchesConfig) -> dict[str, dict[str, Any]]:
+    """H@3 and MMA@3 by the pair's rotation and scale change at the image centre (MOTION_BINS), the bins with
+    pairs only: which motions a method does not cope with (empty when 3 px is not a configured threshold)."""
+    if 3 not in conf.accuracy_thresholds or 3 not in conf.mma_thresholds:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, bins in MOTION_BINS.items():
+        for lo, hi in bins:
+            sel = [r for r in rows if lo <= r[key] < hi]
+            if sel:
+                agg = _aggregate_group(sel, conf)
+                out[_motion_label(key, lo, hi)] = {k: agg[k] for k in ("num_pairs", "h_acc@3", "mma@3")}
     return out
 
 
@@ -559,6 +592,7 @@ def _table(summary: dict[str, Any], conf: HPatchesConfig) -> str:
                 lines += [f"{stag}, illumination (i) / viewpoint (v):", "", markdown_table(sh, split_body), ""]
             lines += _wrong_table(stag, by_method)
             lines += _pair_table(stag, by_method)
+            lines += _motion_table(stag, by_method)
         lines.append(f"![MMA]({summary['plots'][dtag]})")
         lines.append("")
     return "\n".join(lines)
@@ -601,6 +635,23 @@ def _pair_table(stag: str, by_method: dict[str, Any]) -> list[str]:
         body.append(row)
     note = f"{stag}, H@3 / MMA@3 by pair (image 1 against image k; on v_ the views grow harder with k):"
     return [note, "", markdown_table(headers, body), ""]
+
+
+def _motion_table(stag: str, by_method: dict[str, Any]) -> list[str]:
+    """Lines of the table of v_ H@3 / MMA@3 by rotation and scale change (one row per bin, a column per method)."""
+    from zippy_eval.results import markdown_table
+
+    labels = list(dict.fromkeys(b for groups in by_method.values() for b in groups.get("v", {}).get("by_motion", {})))
+    if not labels:
+        return []
+    headers = ["v_ pairs", "n", *by_method]
+    body = []
+    for label in labels:
+        cells = [by_method[m].get("v", {}).get("by_motion", {}).get(label) for m in by_method]
+        n = next(c["num_pairs"] for c in cells if c)
+        body.append([label, n] + [f"{c['h_acc@3']:.2f} / {c['mma@3']:.3f}" if c else None for c in cells])
+    note = f"{stag}, v_ H@3 / MMA@3 by the rotation and the scale change of the homography at the image centre:"
+    return [note, "", markdown_table(headers, body, ".0f"), ""]
 
 
 def _pairs_of(by_method: dict[str, Any], group: str) -> list[str]:
