@@ -469,13 +469,22 @@ def _pair_order(pair: str) -> tuple[int, ...]:
 def _by_pair(rows: Sequence[dict[str, Any]], conf: HPatchesConfig) -> dict[str, dict[str, Any]]:
     """H@3 and MMA@3 per pair name ("1-2" ... "1-6"), in image order: where a method breaks down
     (empty when 3 px is not among the configured thresholds)."""
-    if 3 not in conf.accuracy_thresholds or 3 not in conf.mma_thresholds:
+    if not _has_3px(conf):
         return {}
-    out: dict[str, dict[str, Any]] = {}
-    for pair in sorted({r["pair"] for r in rows}, key=_pair_order):
-        agg = _aggregate_group([r for r in rows if r["pair"] == pair], conf)
-        out[pair] = {key: agg[key] for key in ("num_pairs", "h_acc@3", "mma@3")}
-    return out
+    return {
+        pair: _h3_mma3([r for r in rows if r["pair"] == pair], conf)
+        for pair in sorted({r["pair"] for r in rows}, key=_pair_order)
+    }
+
+
+def _has_3px(conf: HPatchesConfig) -> bool:
+    return 3 in conf.accuracy_thresholds and 3 in conf.mma_thresholds
+
+
+def _h3_mma3(rows: Sequence[dict[str, Any]], conf: HPatchesConfig) -> dict[str, Any]:
+    """num_pairs, H@3 and MMA@3 of a group of pair rows (the by-pair and by-motion cells)."""
+    agg = _aggregate_group(rows, conf)
+    return {key: agg[key] for key in ("num_pairs", "h_acc@3", "mma@3")}
 
 
 # bins of the rotation (degrees) and the scale change of v_ pairs at the image centre: [lo, hi)
@@ -494,15 +503,14 @@ def _motion_label(key: str, lo: float, hi: float) -> str:
 def _by_motion(rows: Sequence[dict[str, Any]], conf: HPatchesConfig) -> dict[str, dict[str, Any]]:
     """H@3 and MMA@3 by the pair's rotation and scale change at the image centre (MOTION_BINS), the bins with
     pairs only: which motions a method does not cope with (empty when 3 px is not a configured threshold)."""
-    if 3 not in conf.accuracy_thresholds or 3 not in conf.mma_thresholds:
+    if not _has_3px(conf):
         return {}
     out: dict[str, dict[str, Any]] = {}
     for key, bins in MOTION_BINS.items():
         for lo, hi in bins:
             sel = [r for r in rows if lo <= r[key] < hi]
             if sel:
-                agg = _aggregate_group(sel, conf)
-                out[_motion_label(key, lo, hi)] = {k: agg[k] for k in ("num_pairs", "h_acc@3", "mma@3")}
+                out[_motion_label(key, lo, hi)] = _h3_mma3(sel, conf)
     return out
 
 
