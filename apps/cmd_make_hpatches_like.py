@@ -27,14 +27,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--v-fraction", type=float, default=0.5, help="fraction of v_ sequences (default 0.5)")
     parser.add_argument("--max-side", type=int, default=1024, help="longest output side in px (default 1024)")
     parser.add_argument("--overwrite", action="store_true", help="regenerate existing sequences")
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="wide-viewpoint v_ sequences (independent views, rotation <= 45 deg, 20 %% corner moves, 40-95 %% crops)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Generate the sequences and print where they are."""
-    from zippy_eval.hpatches.generate import GeneratorConfig, generate_sequences, list_photos
+    from zippy_eval.hpatches.generate import WIDE, GeneratorConfig, generate_sequences, list_photos
 
     cfg = GeneratorConfig(
-        n=args.n, seed=args.seed, num_images=args.num_images, v_fraction=args.v_fraction, max_side=args.max_side
+        n=args.n,
+        seed=args.seed,
+        num_images=args.num_images,
+        v_fraction=args.v_fraction,
+        max_side=args.max_side,
+        **(WIDE if args.wide else {}),
     )
     photos = list_photos(args.src_dir, args.glob)
     folders = generate_sequences(photos, args.out_dir, cfg, overwrite=args.overwrite)

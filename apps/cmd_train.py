@@ -10,6 +10,12 @@ HELP = "train a backbone on random homographic pairs of an image folder (resumab
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, help="folder of training photos")
+    p.add_argument(
+        "--extra-images",
+        action="append",
+        default=[],
+        help="another folder of training photos, all used (repeatable; bsds500_test_* photos are always left out)",
+    )
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl, weights)")
     p.add_argument("--backbone", default="zippypoint", help="registered backbone name (default zippypoint)")
     p.add_argument("--steps", type=int, default=20000)
@@ -122,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     pss = _short_side_range(args.photo_short_side, crop)
     tc = TrainConfig(
         images=args.images,
+        extra_images=tuple(args.extra_images),
         out_dir=args.out,
         backbone=args.backbone,
         steps=args.steps,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from zippy import DEFAULT_NMS_RADIUS
 from zippy.features import Features
 from zippy.image import resize_image, to_tensor
-from zippy.models import KeypointNet, ModelConfig, available
+from zippy.models import KeypointNet, ModelConfig, available, build_network, default_config
 from zippy.postprocess import finalize_descriptors, sample_descriptors, select_keypoints
 from zippy.weights import build_model, file_sha256, load_weights, shipped_weights
 
@@ -148,7 +148,7 @@ class Extractor:
         if path is None:
             log.warning("no trained weights ship for %r: using UNTRAINED random weights", name)
             torch.manual_seed(0)
-            net = KeypointNet(ModelConfig(backbone=name))
+            net = build_network(default_config(name))
             return cls(net, engine=engine, scales=scales, shifts=shifts, nms_radius=nms_radius)
         cfg, state, meta = load_weights(path)
         if cfg.backbone != name and weights is not None:
@@ -160,6 +160,10 @@ class Extractor:
 
     # --- engines -------------------------------------------------------------------------------
     def _make_engine(self, engine: str) -> tuple[str, NetFn]:
+        if engine in ("auto", "fp32") and self.cfg.topology == "fast":
+            from zippy.models.fastnet import fold_for_inference
+
+            return "fp32", fold_for_inference(self.model)  # BN folded, descriptors at the keypoints only
         if engine in ("auto", "int8"):
             from zippy.quant import int8
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from zippy.models import KeypointNet, ModelConfig
+from zippy.models import KeypointNet, ModelConfig, build_network
 
 __all__ = [
     "build_model",
@@ -108,7 +108,7 @@ def load_weights(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.
 
 def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor] | None = None) -> KeypointNet:
     """Build the network of ``cfg`` and load ``state_dict`` with strict keys."""
-    model = KeypointNet(cfg)
+    model = build_network(cfg)
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
     return model

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "WIDE",
     "GeneratorConfig",
     "generate_sequences",
     "list_photos",
@@ -63,6 +64,11 @@ class GeneratorConfig:
         max_shift: translation of the hardest view, as a fraction of the crop size.
         min_overlap: fraction of image 1 that must be visible in every view.
         illumination_jitter_px: corner jitter (px, output pixels) of i_ views.
+        wide: the wide-viewpoint variant of the v_ sequences: every view, the first included, is drawn
+            independently (a crop of ``wide_crop`` of the photo, rotated by up to ``max_rotation_deg``, each
+            corner moved by up to ``max_perspective`` of the crop), kept when it sees ``min_overlap`` of
+            image 1; :data:`WIDE` sets the usual wide ranges (45 degrees, 20 %, 40-95 %).
+        wide_crop: crop size range of the wide views, as fractions of the photo.
     """
 
     n: int = 100
@@ -76,6 +82,8 @@ class GeneratorConfig:
     max_shift: float = 0.15
     min_overlap: float = 0.4
     illumination_jitter_px: float = 1.0
+    wide: bool = False
+    wide_crop: tuple[float, float] = (0.40, 0.95)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -90,6 +98,14 @@ class GeneratorConfig:
             raise ValueError(f"max_scale must be >= 1, got {self.max_scale}")
         if not 0.0 < self.min_overlap < 1.0:
             raise ValueError(f"min_overlap must be in (0, 1), got {self.min_overlap}")
+        lo, hi = self.wide_crop
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"wide_crop must be 0 < lo <= hi <= 1, got {self.wide_crop}")
+
+
+# the wide-viewpoint development split: independent views, rotation up to 45 degrees, corners moved by up to
+# 20 % of the crop, crops of 40-95 % of the photo
+WIDE = {"wide": True, "max_rotation_deg": 45.0, "max_perspective": 0.20, "wide_crop": (0.40, 0.95)}
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -236,12 +252,59 @@ def _illumination(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray
 # ----------------------------------------------------------------------------------------------- sequences
 
 
+def _wide_quad(rng: np.random.Generator, pw: int, ph: int, cfg: GeneratorConfig) -> np.ndarray:
+    """An independent view for the wide split: a rotated, perspective crop of the photo, inside it."""
+    lo, hi = cfg.wide_crop
+    for _ in range(500):
+        s = rng.uniform(lo, hi)
+        qw, qh = s * (pw - 1), s * (ph - 1)
+        a = np.deg2rad(rng.uniform(-1, 1) * cfg.max_rotation_deg)
+        rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        base = np.array([[-qw, -qh], [qw, -qh], [qw, qh], [-qw, qh]]) / 2 @ rot.T
+        base = base + rng.uniform(-1, 1, (4, 2)) * cfg.max_perspective * np.array([qw, qh])
+        span = base.max(axis=0) - base.min(axis=0)
+        room = np.array([pw - 1, ph - 1]) - span
+        if (room < 0).any():
+            continue
+        corner = rng.uniform(0, 1, 2) * room - base.min(axis=0)
+        quad = base + corner
+        if _inside(quad, pw, ph) and _convex(quad):
+            return quad
+    return _reference_quad(rng, pw, ph)
+
+
+def _wide_views(
+    rng: np.random.Generator, pw: int, ph: int, out_w: int, out_h: int, cfg: GeneratorConfig
+) -> list[np.ndarray]:
+    """The quads of a wide sequence: independent views that each see ``min_overlap`` of view 1."""
+    ref = _wide_quad(rng, pw, ph, cfg)
+    A_ref = _homography(ref, _rect(out_w, out_h))
+    quads = [ref]
+    for _ in range(2, cfg.num_images + 1):
+        for _attempt in range(200):
+            quad = _wide_quad(rng, pw, ph, cfg)
+            A = _homography(quad, _rect(out_w, out_h))
+            if _overlap(A @ np.linalg.inv(A_ref), out_w, out_h) >= cfg.min_overlap:
+                break
+        else:
+            logger.warning("no wide view after 200 draws; using a 10 %% zoom of image 1")
+            c = ref.mean(axis=0)
+            quad = c + (ref - c) * 0.9
+        quads.append(quad)
+    return quads
+
+
 def make_viewpoint_sequence(
     photo: np.ndarray, rng: np.random.Generator, cfg: GeneratorConfig
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Images [num_images] (RGB uint8 [H,W,3]) and homographies H_1_k (k = 2..N, float64 [3,3]) of a v_ sequence."""
     ph, pw = photo.shape[:2]
     out_w, out_h = _output_size(pw, ph, cfg.max_side)
+    if cfg.wide:
+        quads = _wide_views(rng, pw, ph, out_w, out_h, cfg)
+        A = [_homography(q, _rect(out_w, out_h)) for q in quads]
+        Hs = [a @ np.linalg.inv(A[0]) for a in A[1:]]
+        return [_render(photo, a, out_w, out_h) for a in A], [H / H[2, 2] for H in Hs]
     ref = _reference_quad(rng, pw, ph)
     A1 = _homography(ref, _rect(out_w, out_h))
     images, Hs = [_render(photo, A1, out_w, out_h)], []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import nn
 
 from zippy.models.layers import ConvBNAct, LayerFactory, Residual
@@ -9,7 +11,7 @@ from zippy.models.registry import register
 from zippy.quant.exact import IntegerConvChain
 from zippy.quant.layers import ActQuant, BinaryConv2d, QConv2d
 
-__all__ = ["IntegerConvBNAct", "KP2DLayers", "ZippyPointLayers"]
+__all__ = ["IntegerConvBNAct", "KP2DLayers", "ZippyFastLayers", "ZippyPointLayers"]
 
 
 class IntegerConvBNAct(IntegerConvChain, ConvBNAct):
@@ -66,6 +68,32 @@ class ZippyPointLayers(LayerFactory):
     def expand(self, cin: int, cout: int) -> nn.Module:
         shortcut = IntegerConvChain(self.qconv(cin, cout, 1), nn.BatchNorm2d(cout), self.res_quant())
         return Residual(self.encoder_branch(cin, cout), shortcut, out_quant=self.res_quant())
+
+    def head(self, cin: int, cout: int, k: int = 3) -> nn.Module:
+        return ConvBNAct(self.qconv(cin, cout, k), cout)
+
+    def desc_out(self, cin: int, cout: int) -> nn.Module:
+        return self.qconv(cin, cout, 1, bias=True)
+
+
+@register("zippyfast")
+class ZippyFastLayers(LayerFactory):
+    """The CPU-first network (topology "fast", :mod:`zippy.models.fastnet`): 8-bit weights, binary descriptors.
+
+    Every conv has per-channel symmetric 8-bit weights (fake-quantized in training, stored as int8 in the
+    shipped file); activations stay float, because on AVX2 CPUs without VNNI the int8 kernels are not
+    faster than float ones for these narrow layers (docs/bench_extract.md). Descriptors: 256 bits with
+    exactly 64 ones (BinNorm), as zippypoint.
+    """
+
+    binary_descriptors = True
+    defaults: ClassVar[dict] = {"topology": "fast", "widths": (24, 64, 96), "feat_dim": 128}
+
+    def qconv(self, cin: int, cout: int, k: int, *, bias: bool = False) -> QConv2d:
+        return QConv2d(cin, cout, k, padding=k // 2, bias=bias)
+
+    def pool(self, cin: int, cout: int) -> nn.Module:
+        return ConvBNAct(self.qconv(cin, cout, 1), cout)
 
     def head(self, cin: int, cout: int, k: int = 3) -> nn.Module:
         return ConvBNAct(self.qconv(cin, cout, k), cout)

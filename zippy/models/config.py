@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["ModelConfig"]
+__all__ = ["TOPOLOGIES", "ModelConfig"]
+
+TOPOLOGIES = ("kp2d", "fast")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class ModelConfig:
         temperature: BinNormTrain temperature (training only).
         residual_range: symmetric range of the 8-bit fake-quantized residual stream.
         options: backbone-specific extra settings (e.g. bit widths of compression backbones).
+        topology: "kp2d" (:class:`~zippy.models.net.KeypointNet`, the paper's) or "fast"
+            (:class:`~zippy.models.fastnet.FastKeypointNet`, CPU-first); files without it are "kp2d".
     """
 
     backbone: str = "zippypoint"
@@ -35,6 +39,11 @@ class ModelConfig:
     temperature: float = 0.5
     residual_range: float = 6.0
     options: tuple[tuple[str, Any], ...] = ()
+    topology: str = "kp2d"
+
+    def __post_init__(self) -> None:
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"unknown topology {self.topology!r}; choose one of {list(TOPOLOGIES)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON / torch.save friendly)."""

@@ -19,9 +19,18 @@ from torch.utils.data import Dataset
 from zippy.geometry import random_homography
 from zippy.image import read_image
 
-__all__ = ["TRAIN_GLOBS", "AugmentConfig", "HomographyPairs", "augment_config", "list_images", "photometric"]
+__all__ = [
+    "DEV_PREFIX",
+    "TRAIN_GLOBS",
+    "AugmentConfig",
+    "HomographyPairs",
+    "augment_config",
+    "list_images",
+    "photometric",
+]
 
 # the development split (bsds500_test_*) is never trained on
+DEV_PREFIX = "bsds500_test_"
 TRAIN_GLOBS = ("bsds500_train_*", "bsds500_val_*", "urban100_*")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp")
 

@@ -24,11 +24,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from zippy.models import KeypointNet, ModelConfig, clip_binary_weights, compression
+from zippy.models import ModelConfig, build_network, clip_binary_weights, compression, default_config
 from zippy.quant.layers import reset_activation_ranges, set_fake_quant
 from zippy.quant.ste import set_ste
 from zippy.train.bn import recalibrate_batchnorm
-from zippy.train.data import TRAIN_GLOBS, AugmentConfig, HomographyPairs, augment_config, list_images
+from zippy.train.data import DEV_PREFIX, TRAIN_GLOBS, AugmentConfig, HomographyPairs, augment_config, list_images
 from zippy.train.distill import DistillConfig, Distiller, make_teacher
 from zippy.train.init import init_from
 from zippy.train.losses import LossConfig, pair_loss
@@ -46,6 +46,7 @@ class TrainConfig:
 
     images: str
     out_dir: str
+    extra_images: tuple[str, ...] = ()  # more training folders, all of whose photos are used
     backbone: str = "zippypoint"
     steps: int = 20000
     minutes: float = 0.0  # wall-clock budget (0: none): training ends at `steps` or after this many minutes
@@ -207,17 +208,17 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     clash = sorted({"backbone", "options"} & set(tc.model_config))
     if clash:
         raise ValueError(f"model_config may not set {clash}: use backbone / model_options")
-    mcfg = {**tc.model_config, "backbone": tc.backbone, "options": dict(tc.model_options)}
+    mcfg = {**tc.model_config, "options": dict(tc.model_options)}
     if tc.temperature is not None:
         mcfg["temperature"] = tc.temperature
-    model = KeypointNet(ModelConfig.from_dict(mcfg))
+    model = build_network(default_config(tc.backbone, **mcfg))
     lcfg = _overridden(LossConfig, tc.loss, "loss")
     dcfg = _overridden(DistillConfig, tc.distill_options, "distill_options")
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step, best, elapsed0 = 0, -1.0, 0.0
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model = KeypointNet(ModelConfig.from_dict(ck["model_config"]))
+        model = build_network(ModelConfig.from_dict(ck["model_config"]))
         model.load_state_dict(ck["model"], strict=True)
         opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         _restore_optimizer_state(opt, ck["optimizer"])
@@ -238,6 +239,8 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     files = list_images(tc.images, tuple(tc.train_globs))
+    for folder in tc.extra_images:  # every photo of these folders but the development split's
+        files += [f for f in list_images(folder, ("*",)) if not f.name.startswith(DEV_PREFIX)]
     aug = _augment(tc, tc.augment)
     dataset = HomographyPairs(files, aug, seed=tc.seed)
     distiller = None

@@ -1,0 +1,124 @@
+"""The CPU-first "fast" topology: output contract, cost, folding for inference, sparse descriptors, training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from zippy.models import ModelConfig, build_network, default_config
+from zippy.models.fastnet import FastKeypointNet, fast_macs, fold_for_inference
+from zippy.postprocess import sample_descriptors
+
+
+def _trained_like(seed: int = 0) -> FastKeypointNet:
+    """An untrained zippyfast network with non-trivial BatchNorm statistics (so folding is tested)."""
+    torch.manual_seed(seed)
+    net = build_network(default_config("zippyfast")).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net
+
+
+def test_default_config_and_output_contract() -> None:
+    cfg = default_config("zippyfast")
+    assert cfg.topology == "fast" and cfg.backbone == "zippyfast"
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert ModelConfig.from_dict({"backbone": "zippypoint"}).topology == "kp2d"  # files written before "fast"
+    with pytest.raises(ValueError, match="topology"):
+        ModelConfig(topology="nope")
+    net = _trained_like()
+    x = torch.rand(2, 3, 72, 104)  # multiples of 8 but not of 32: padded inside, cropped back
+    with torch.no_grad():
+        out = net(x)
+    assert out["score"].shape == (2, 1, 9, 13) and out["coords"].shape == (2, 2, 9, 13)
+    assert out["desc"].shape == (2, 256, 9, 13)
+    s = out["score"]
+    assert (s[..., 0, :] == 0).all() and (s[..., -1] == 0).all()  # masked border cells
+    # the keypoint of a cell lies inside that cell (soft-argmax over its 64 pixels)
+    c = out["coords"][0]
+    gx = torch.arange(13).view(1, -1) * 8.0
+    gy = torch.arange(9).view(-1, 1) * 8.0
+    assert ((c[0] >= gx) & (c[0] <= gx + 7)).all() and ((c[1] >= gy) & (c[1] <= gy + 7)).all()
+    with pytest.raises(ValueError, match="multiple of 8"):
+        net(torch.rand(1, 3, 70, 104))
+
+
+def test_cost_is_within_the_cpu_budget() -> None:
+    macs = fast_macs(build_network(default_config("zippyfast")), 480, 640)
+    total = sum(macs.values())
+    assert 0.5e9 < total < 2.0e9, total  # the budget: about 2 GMAC or less at 480x640
+    assert all(v > 0 for v in macs.values())
+
+
+def test_grey_normalization_cancels_brightness_and_contrast() -> None:
+    net = _trained_like()
+    x = torch.rand(1, 3, 64, 96) * 0.5 + 0.2
+    with torch.no_grad():
+        a, b = net(x), net(0.5 * x + 0.1)
+    # nearly: the std in the normalization has a small floor (0.02) against noise in flat images
+    assert torch.allclose(a["coords"], b["coords"], atol=0.05)
+    cos = torch.nn.functional.cosine_similarity(a["desc"].flatten(2), b["desc"].flatten(2), dim=1)
+    assert cos.min() > 0.99
+
+
+def test_folded_network_and_sparse_descriptors_match_the_trained_network() -> None:
+    net = _trained_like(1)
+    folded = fold_for_inference(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        ref = net(x)
+        out = folded.detect(x)
+        kp = torch.rand(50, 2) * torch.tensor([110.0, 78.0]) + 9.0
+        dense = sample_descriptors(ref["desc"][0], kp, 128, 96)
+        sparse = folded.describe(out, kp, 128, 96)
+    assert torch.allclose(out["score"], ref["score"], atol=1e-5)
+    assert torch.allclose(out["coords"], ref["coords"], atol=1e-3)
+    assert torch.allclose(sparse, dense, atol=1e-4)
+
+
+def test_extractor_runs_the_folded_network(tmp_path: Path) -> None:
+    import zippy
+    from zippy.weights import save_weights
+
+    path = save_weights(tmp_path / "fast.pt", _trained_like(2), {"trained": True})
+    ex = zippy.load("zippyfast", weights=path)
+    assert ex.engine == "fp32" and isinstance(ex.model, FastKeypointNet)
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur((rng.random((100, 140, 3)) * 255).astype(np.uint8), (0, 0), 1.5)
+    f = ex.extract(img, max_keypoints=50)
+    assert f.keypoints.shape == (50, 2) and f.descriptors.shape == (50, 32)
+    assert (np.unpackbits(f.descriptors, axis=1).sum(1) == 64).all()
+    assert (f.keypoints[:, 0] <= 139).all() and (f.keypoints[:, 1] <= 99).all()
+    with pytest.raises(ValueError, match="int8"):
+        zippy.load("zippyfast", weights=path, engine="int8")
+
+
+def test_trains_and_saves_a_loadable_file(tmp_path: Path) -> None:
+    import skimage.data
+
+    from zippy.train.trainer import TrainConfig, train
+    from zippy.weights import load_model
+
+    main, extra = tmp_path / "main", tmp_path / "extra"
+    main.mkdir()
+    extra.mkdir()
+    for i, img in enumerate([skimage.data.astronaut(), skimage.data.coffee()]):
+        small = cv2.cvtColor(cv2.resize(img, (128, 96), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(main / f"bsds500_train_{i}.png"), small)
+        cv2.imwrite(str(extra / f"street_{i}.png"), small)
+        cv2.imwrite(str(extra / f"bsds500_test_{i}.png"), small)  # never trained on, whatever the folder
+    tc = TrainConfig(images=str(main), extra_images=(str(extra),), out_dir=str(tmp_path / "run"), backbone="zippyfast",
+                     steps=2, batch_size=2, warmup_steps=1, workers=0, threads=1, val_every=0, crop=(64, 96),
+                     log_every=1)  # fmt: skip
+    path = train(tc, progress=False)
+    model, _ = load_model(path)
+    assert isinstance(model, FastKeypointNet) and model.cfg.topology == "fast"
