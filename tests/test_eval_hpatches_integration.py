@@ -130,9 +130,10 @@ def test_orb_and_zippy_end_to_end(dataset, tmp_path):
 
 def test_binarization_gap(dataset, tmp_path):
     """The float / k-ones variants of one network; its own k gives the numbers of the HPatches run."""
+    from binarization_gap import descriptor_variant
+    from binarization_gap import run as gap_run
+
     import zippy
-    from zippy_eval.binarization_gap import descriptor_variant
-    from zippy_eval.binarization_gap import run as gap_run
 
     if "zippypoint" not in zippy_methods():
         pytest.skip("zippypoint is not available")
@@ -253,7 +254,7 @@ def test_result_helpers(tmp_path):
 
 
 def test_shift_pair_metrics_counts_exactly() -> None:
-    from zippy_eval.shift_invariance import shift_pair_metrics
+    from shift_invariance import shift_pair_metrics
 
     kp0 = np.array([[10.0, 10.0], [50.0, 20.0], [90.0, 30.0]])
     kp1 = np.array([[14.0, 10.0], [54.0, 24.0], [30.0, 30.0]])  # +4 px: exact, 4 px off, far
@@ -266,7 +267,7 @@ def test_shift_pair_metrics_counts_exactly() -> None:
 
 def test_shift_invariance(dataset, tmp_path):
     """ORB is nearly shift-invariant; the zippy grid repeats itself after one 8 px cell."""
-    from zippy_eval.shift_invariance import main as shift_main
+    from shift_invariance import main as shift_main
 
     argv = [str(dataset), "--methods", "orb,zippypoint_small", "--setting", "240x320:300", "--include", "i_*"]
     assert shift_main([*argv, "--out", str(tmp_path / "si")]) == 0

@@ -16,7 +16,7 @@ Writes ``summary.json`` (per-image rows, per-shift means) and ``table.md``.
 
 Usage::
 
-    python -m zippy_eval.shift_invariance /work/data/hpatches_like_dev --methods zippypoint,orb_teblid \\
+    python tools/shift_invariance.py /work/data/hpatches_like_dev --methods zippypoint,orb_teblid \\
         --include 'i_bsds500_test_2*' --out results/shift_invariance/s12
 """
 
@@ -174,7 +174,7 @@ def _table(means: dict[str, Any], offsets: Sequence[int]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from zippy_apps.eval_args import add_scales_option, add_shifts_option, add_weights_option, csv_list, method_weights
 
-    p = argparse.ArgumentParser(prog="python -m zippy_eval.shift_invariance", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python tools/shift_invariance.py", description=__doc__.splitlines()[0])
     p.add_argument("dataset", help="HPatches-layout folder (image 1 of each sequence is used)")
     p.add_argument("--out", required=True, help="result folder")
     p.add_argument("--methods", type=csv_list, default=["zippypoint", "orb_teblid"], help="comma separated")

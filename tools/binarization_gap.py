@@ -13,7 +13,7 @@ Everything else is the HPatches protocol of ``zippy eval hpatches`` (mutual near
 
 Usage::
 
-    python -m zippy_eval.binarization_gap /work/data/hpatches_like_dev --weights weights/zippypoint.pt \\
+    python tools/binarization_gap.py /work/data/hpatches_like_dev --weights weights/zippypoint.pt \\
         --scales 1.41,1 --out results/binarization_gap/s11
 """
 
@@ -171,7 +171,7 @@ def _table(aggregates: dict[str, Any], variants: Sequence[str], own_ones: int) -
 def main(argv: Sequence[str] | None = None) -> int:
     from zippy_apps.eval_args import add_scales_option, add_shifts_option
 
-    p = argparse.ArgumentParser(prog="python -m zippy_eval.binarization_gap", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python tools/binarization_gap.py", description=__doc__.splitlines()[0])
     p.add_argument("dataset", help="HPatches-layout folder")
     p.add_argument("--weights", required=True, help="weights of a binary network (e.g. weights/zippypoint.pt)")
     p.add_argument("--out", required=True, help="result folder")
