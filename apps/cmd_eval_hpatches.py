@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from zippy.config import ExtractorConfig
 from zippy_apps.eval_args import add_method_options, csv_list, limit_threads, method_weights
 
 HELP = "HPatches-style evaluation (repeatability, homography accuracy, matching score, MMA)"
@@ -56,10 +57,7 @@ def run(args: argparse.Namespace) -> int:
         methods=tuple(m.lower() for m in csv_list(args.methods)),
         settings=tuple(Setting.parse(s) for s in csv_list(args.settings)),
         weights=method_weights(args.weights),
-        engine=args.engine,
-        scales=args.scales,
-        shifts=args.shifts,
-        nms_radius=args.nms_radius,
+        extractor=ExtractorConfig.from_args(args),
         dedup_px=args.dedup_px,
         include=tuple(args.include) if args.include else None,
         exclude=tuple(args.exclude),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 
+from zippy.config import ExtractorConfig
 from zippy_apps.eval_args import add_method_options, csv_list, limit_threads, method_weights
 
 HELP = "visual localization: map from our features with pycolmap, queries by absolute pose, recall"
@@ -57,10 +58,7 @@ def run(args: argparse.Namespace) -> int:
         max_keypoints=args.max_keypoints,
         resize_max=args.resize_max,
         weights=method_weights(args.weights),
-        engine=args.engine,
-        scales=args.scales,
-        shifts=args.shifts,
-        nms_radius=args.nms_radius,
+        extractor=ExtractorConfig.from_args(args),
         mapping=args.mapping,
         pairs=args.pairs,
         num_neighbors=args.num_neighbors,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from zippy.config import ExtractorConfig
 from zippy_apps.eval_args import add_method_options, csv_list, limit_threads, method_weights
 
 HELP = "relative pose AUC@5/10/20 deg on ScanNet-style pairs (essential matrix RANSAC)"
@@ -43,10 +44,7 @@ def run(args: argparse.Namespace) -> int:
         estimator=args.estimator,
         ransac_px=args.ransac_px,
         weights=method_weights(args.weights),
-        engine=args.engine,
-        scales=args.scales,
-        shifts=args.shifts,
-        nms_radius=args.nms_radius,
+        extractor=ExtractorConfig.from_args(args),
         num_threads=args.threads,
         overwrite=args.overwrite,
     )

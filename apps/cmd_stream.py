@@ -135,10 +135,11 @@ def check_output_paths(out: Path | None, log: Path | None) -> None:
 
 def load_extractor(name: str, *, engine: str = "auto", weights: Path | None = None) -> Any:
     """A zippy backbone or a baseline from ``zippy_eval.methods`` by name (ValueError lists the choices)."""
+    from zippy.config import ExtractorConfig
     from zippy_eval.methods import MethodUnavailableError, get_method
 
     try:
-        method = get_method(name, weights=weights, engine=engine)
+        method = get_method(name, weights=weights, extractor=ExtractorConfig(engine=engine))
     except MethodUnavailableError as e:
         raise ValueError(str(e)) from e
     trained = method.info().get("params", {}).get("trained")

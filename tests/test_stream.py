@@ -33,7 +33,7 @@ def _extractor(name: str):
 
     if shipped_weights(name) is None:
         pytest.skip(f"{name}: no trained weights ship yet (the homography test needs a trained model)")
-    extractor = get_method(name, engine="auto")
+    extractor = get_method(name)
     assert extractor.info()["params"]["trained"]
     return extractor
 

@@ -251,7 +251,6 @@ def _accuracy(trained: dict[str, Path], conf: CompareConfig, output_dir: Path) -
         methods=tuple(trained),
         settings=tuple(Setting.parse(s) for s in conf.settings),
         weights={k: str(v) for k, v in trained.items()},
-        engine="auto",
         include=conf.include,
         exclude=conf.exclude,
         threads=conf.threads,
