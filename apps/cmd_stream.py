@@ -37,7 +37,8 @@ WARMUP_FRAMES = 1
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `zippy stream`."""
-    from zippy_apps.stream import DEFAULT_ROBUST, ROBUST_METHODS
+    from zippy.geometry import ROBUST_METHODS
+    from zippy.tracking import DEFAULT_ROBUST
 
     parser.add_argument("--source", default="0", help="camera index, video file, image folder or URL (default 0)")
     parser.add_argument("--size", default="240x320", help="working size HEIGHTxWIDTH, or 'native' (default 240x320)")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-
-import numpy as np
 
 from zippy.config import ExtractorConfig, add_extractor_arguments
 from zippy.features import Features
+from zippy.tracking import PairResult
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,20 +28,9 @@ def load_extractor(args: argparse.Namespace):
     return ex
 
 
-@dataclass
-class PairResult:
-    """Matches of two images and the homography fitted to them."""
-
-    pairs: np.ndarray  # int64 [K, 2]
-    H: np.ndarray | None  # float64 [3, 3] image0 -> image1
-    inliers: np.ndarray  # bool [K]
-
-
 def match_and_fit(f0: Features, f1: Features, ransac_px: float = 3.0) -> PairResult:
-    """Mutual nearest-neighbour matching (Hamming or L2) and a RANSAC homography."""
-    import zippy
-    from zippy.geometry import estimate_homography
+    """Mutual nearest-neighbour matches and a homography by classic RANSAC (the estimator of the HPatches protocol;
+    :func:`zippy.tracking.match_and_fit`): ``.matches`` int64 [K, 2], ``.H`` (or None), ``.inliers`` bool [K]."""
+    from zippy.tracking import match_and_fit as fit
 
-    pairs, _ = zippy.match(f0, f1, mutual=True)
-    H, inl = estimate_homography(f0.keypoints[pairs[:, 0]], f1.keypoints[pairs[:, 1]], threshold=ransac_px)
-    return PairResult(pairs, H, inl)
+    return fit(f0, f1, ransac_threshold=ransac_px, robust="ransac", max_iters=5000, confidence=0.9999)
