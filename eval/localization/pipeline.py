@@ -236,7 +236,7 @@ def match(pairs: Sequence[tuple[str, str]], features_path: Path, matches_path: P
 
     for a, b in tqdm(todo, desc="match", unit="pair", leave=False, disable=not todo):
         m, d = _match_pair(feats(a), feats(b))
-        features_h5.write_matches(matches_path, a, b, m, d)
+        features_h5.write_matches(matches_path, a, b, m, d, len(feats(a)))
     return matches_path
 
 
