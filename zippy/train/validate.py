@@ -16,7 +16,7 @@ from zippy.train.data import AugmentConfig, HomographyPairs
 
 __all__ = ["VALIDATION_PHOTOMETRY", "ValidationSet", "validate"]
 
-# the validation pairs' photometric ranges: the training defaults of sessions 1-6, kept so that the
+# the validation pairs' photometric ranges: the first training recipe's defaults, kept so that the
 # quick validation of every run is made on the same pairs
 VALIDATION_PHOTOMETRY = {"brightness": 0.3, "gamma": 0.0, "channel_gain": 0.0, "shade": 0.0}
 
