@@ -55,3 +55,15 @@ def add_method_options(parser: argparse.ArgumentParser, *, threads_help: str = "
     add_extractor_arguments(parser, model=False)
     parser.add_argument("--threads", type=int, default=1, help=f"{threads_help} (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="recompute cached results")
+
+
+def method_run_options(args: argparse.Namespace) -> dict:
+    """The fields every evaluation config takes from :func:`add_method_options` and ``--methods``: ``methods``
+    (lower-cased names), ``weights`` ({method: file}) and ``extractor`` (the zippy methods' ExtractorConfig)."""
+    from zippy.config import ExtractorConfig
+
+    return {
+        "methods": tuple(m.lower() for m in csv_list(args.methods)),
+        "weights": method_weights(args.weights),
+        "extractor": ExtractorConfig.from_args(args),
+    }

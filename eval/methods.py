@@ -11,7 +11,9 @@ Methods:
       for ORB keypoints).
     * "aliked": ``kornia.feature.ALIKED`` ("aliked-t16" by default, or ``model_name="aliked-n16"``) with
       local weights (default ``../shared/teachers/aliked-t16.pth`` beside the repository), top-k mode.
-    * any zippy backbone (``zippy.available_models()``, e.g. "zippypoint", "kp2d") via ``zippy.load``.
+    * any zippy model with trained weights (``zippy.available_models()``: "zippypoint", "zippypoint_small",
+      "kp2d"), or a backbone of ``zippy.available_backbones()`` given ``weights=``, via ``zippy.load`` with the
+      run's :class:`zippy.ExtractorConfig` options.
 
 Budget rule: keypoints are ranked by their response / score and the best ``max_keypoints`` kept
 (OpenCV methods detect, describe, then keep the top ones, so keypoints dropped by the descriptor near
@@ -320,7 +322,7 @@ class ZippyMethod(Method):
 
 
 def _zippy_models() -> list[str]:
-    """zippy backbones, or [] while zippy's registry does not exist yet (logged)."""
+    """zippy models with trained weights, or [] while zippy's registry does not exist yet (logged)."""
     try:
         import zippy
 

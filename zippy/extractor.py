@@ -147,11 +147,6 @@ class Extractor:
         ex._config_name = name
         return ex
 
-    @classmethod
-    def from_name(cls, name: str = "zippypoint", **options: Any) -> Extractor:
-        """``from_config(ExtractorConfig(name, **options))``; see :func:`zippy.load`."""
-        return cls.from_config(ExtractorConfig.build(name, **options))
-
     # --- engines -------------------------------------------------------------------------------
     def _make_engine(self, engine: str) -> tuple[str, NetFn]:
         if engine in ("auto", "int8"):
