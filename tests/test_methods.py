@@ -159,6 +159,7 @@ def test_zippy_pyramid_scales_reach_the_extractor_and_the_cache_name(image):
 
 def test_zippy_match_dispatches_on_the_descriptor_kind(image):
     from zippy import match as match_features
+
     for name in ("orb", "sift"):
         f = get_method(name).extract(image, 100)
         pairs, dist = match_features(f, f)
