@@ -17,7 +17,7 @@ Methods (names in the results):
     * ``zippypoint-int8-x1.41+1``: the int8 engine on the two-scale pyramid; ``zippypoint-int8-x1.41+1-g2``: the
       same with a second cell grid half a cell away at each scale (``shifts=((0, 0), (4, 4))``);
       ``zippypoint-int8-x1.41+1-g4``: with four grids (shifts (0, 0), (4, 0), (0, 4), (4, 4)), the most
-      accurate setting of docs/hpatches.md ("Grid shifts"); none of the three in the default set.
+      accurate setting of docs/hpatches.md; none of the three in the default set.
     * ``zippypoint-onnx``: onnxruntime int8 graph (``zippy.quant.onnx_engine``; not in the default set).
     * ``zippypoint_small-int8`` / ``zippypoint_small-fp32``: the narrow shipped variant
       (``zippy.load("zippypoint_small")``, weights/zippypoint_small.pt), int8 engine / float with fake

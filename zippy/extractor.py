@@ -64,11 +64,11 @@ class Extractor:
             three times the network cost (docs/hpatches.md).
         shifts: grid shifts (default ((0, 0),), one pass per scale). The network sees the image through
             8x8 cells, so what it detects and how it describes a point depend on where the point falls in
-            its cell: shifting an image by 4 px drops the repeatability of the zippypoint network of 2026-12
-            to about 0.74 and its MMA@3 to about 0.84 (docs/hpatches.md, "Grid shifts"). Each (dx, dy) adds a
-            pass per scale on the image without its first dx columns and dy rows (the grid moved by (dx, dy));
-            the keypoints of all passes are mapped back and the ``max_keypoints`` best by score kept, as with
-            ``scales``. ((0, 0), (4, 4)) doubles the cost.
+            its cell: shifting an image by 4 px dropped the repeatability of earlier zippypoint weights
+            to about 0.74 and their MMA@3 to about 0.84 (docs/hpatches.md, "Image pyramid and grid shifts").
+            Each (dx, dy) adds a pass per scale on the image without its first dx columns and dy rows (the grid
+            moved by (dx, dy)); the keypoints of all passes are mapped back and the ``max_keypoints`` best by
+            score kept, as with ``scales``. ((0, 0), (4, 4)) doubles the cost.
         raw_descriptors: False (default) gives the final descriptors (packed bits, or L2-normalized floats).
             True gives float32 [N, D], the descriptor map sampled at the keypoints before binarization or
             normalization; a diagnostic (e.g. ``tools/binarization_gap.py``), not for matching as is.
