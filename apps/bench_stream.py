@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from zippy.geometry import corner_error
-from zippy_apps.stream import CONFIDENCE, DEFAULT_ROBUST, MAX_ITERS
+from zippy.tracking import CONFIDENCE, DEFAULT_ROBUST, MAX_ITERS
 
 logger = logging.getLogger(__name__)
 

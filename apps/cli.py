@@ -32,7 +32,6 @@ GROUPS: dict[str, dict[str, str]] = {
         "matcher": "cmd_bench_matcher",
         "extract": "cmd_bench_extract",
         "stream": "cmd_bench_stream",
-        "profile": "cmd_bench_profile",
     },
 }
 

@@ -62,10 +62,10 @@ def run(args: argparse.Namespace) -> int:
     err = corner_error(res.H, H_gt, w, h)
     state = "trained" if ex.trained else "UNTRAINED"
     print(f"model: {ex.name} ({state}), engine {ex.engine}, image {args.image} {w}x{h}")
-    print(f"keypoints: {len(f0)} / {len(f1)}   matches: {len(res.pairs)}   inliers: {int(res.inliers.sum())}")
+    print(f"keypoints: {len(f0)} / {len(f1)}   matches: {len(res.matches)}   inliers: {int(res.inliers.sum())}")
     print(f"corner error: {err:.2f} px" + ("  (no homography found)" if res.H is None else ""))
     print(f"time: extract {1e3 * (t1 - t0):.1f} + {1e3 * (t2 - t1):.1f} ms, match + RANSAC {1e3 * (t3 - t2):.1f} ms")
-    title = f"{ex.name} ({state}) {len(res.pairs)} matches, {int(res.inliers.sum())} inliers, corner err {err:.2f}px"
-    path = write_png(args.out, draw_matches(img0, img1, f0.keypoints, f1.keypoints, res.pairs, res.inliers, title))
+    title = f"{ex.name} ({state}) {len(res.matches)} matches, {int(res.inliers.sum())} inliers, corner err {err:.2f}px"
+    path = write_png(args.out, draw_matches(img0, img1, f0.keypoints, f1.keypoints, res.matches, res.inliers, title))
     print(f"picture: {path.resolve()}")
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from zippy_apps.eval_args import add_method_options, csv_list, limit_threads, method_weights
+from zippy_apps.eval_args import add_method_options, csv_list, limit_threads, method_run_options
 
 HELP = "HPatches-style evaluation (repeatability, homography accuracy, matching score, MMA)"
 
@@ -53,13 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from zippy_eval.hpatches.pipeline import run as run_pipeline
 
     conf = HPatchesConfig(
-        methods=tuple(m.lower() for m in csv_list(args.methods)),
+        **method_run_options(args),
         settings=tuple(Setting.parse(s) for s in csv_list(args.settings)),
-        weights=method_weights(args.weights),
-        engine=args.engine,
-        scales=args.scales,
-        shifts=args.shifts,
-        nms_radius=args.nms_radius,
         dedup_px=args.dedup_px,
         include=tuple(args.include) if args.include else None,
         exclude=tuple(args.exclude),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from zippy_apps.eval_args import add_method_options, csv_list, limit_threads, method_weights
+from zippy_apps.eval_args import add_method_options, limit_threads, method_run_options
 
 HELP = "visual localization: map from our features with pycolmap, queries by absolute pose, recall"
 
@@ -53,14 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from zippy_eval.localization.pipeline import run as run_pipeline
 
     conf = LocalizationConf(
-        methods=tuple(m.lower() for m in csv_list(args.methods)),
+        **method_run_options(args),
         max_keypoints=args.max_keypoints,
         resize_max=args.resize_max,
-        weights=method_weights(args.weights),
-        engine=args.engine,
-        scales=args.scales,
-        shifts=args.shifts,
-        nms_radius=args.nms_radius,
         mapping=args.mapping,
         pairs=args.pairs,
         num_neighbors=args.num_neighbors,

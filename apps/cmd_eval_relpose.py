@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from zippy_apps.eval_args import add_method_options, csv_list, limit_threads, method_weights
+from zippy_apps.eval_args import add_method_options, limit_threads, method_run_options
 
 HELP = "relative pose AUC@5/10/20 deg on ScanNet-style pairs (essential matrix RANSAC)"
 
@@ -37,16 +37,11 @@ def run(args: argparse.Namespace) -> int:
     from zippy_eval.relpose import run as run_pipeline
 
     conf = RelPoseConf(
-        methods=tuple(m.lower() for m in csv_list(args.methods)),
+        **method_run_options(args),
         max_keypoints=args.max_keypoints,
         resize_max=args.resize_max,
         estimator=args.estimator,
         ransac_px=args.ransac_px,
-        weights=method_weights(args.weights),
-        engine=args.engine,
-        scales=args.scales,
-        shifts=args.shifts,
-        nms_radius=args.nms_radius,
         num_threads=args.threads,
         overwrite=args.overwrite,
     )

@@ -2,7 +2,7 @@
 
 Example::
 
-    zippy make-hpatches-like ../shared/data/train_images /work/data/hpatches_like_dev \
+    zippy make-hpatches-like ../shared/data/train_images data/hpatches_like_dev \
         --n 100 --seed 0 --glob 'bsds500_test_*'
 
 See :mod:`zippy_eval.hpatches.generate` for what the sequences are. Output folders that already

@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     res = match_and_fit(f0, f1)
     dt = time.perf_counter() - t0
     n_in = int(res.inliers.sum())
-    print(f"keypoints {len(f0)} / {len(f1)}, matches {len(res.pairs)}, homography inliers {n_in}, {1e3 * dt:.0f} ms")
-    title = f"{ex.name}: {len(res.pairs)} matches, {n_in} inliers"
-    path = write_png(args.out, draw_matches(img0, img1, f0.keypoints, f1.keypoints, res.pairs, res.inliers, title))
+    print(f"keypoints {len(f0)} / {len(f1)}, matches {len(res.matches)}, homography inliers {n_in}, {1e3 * dt:.0f} ms")
+    title = f"{ex.name}: {len(res.matches)} matches, {n_in} inliers"
+    path = write_png(args.out, draw_matches(img0, img1, f0.keypoints, f1.keypoints, res.matches, res.inliers, title))
     print(f"picture: {path.resolve()}")
     return 0

@@ -37,7 +37,8 @@ WARMUP_FRAMES = 1
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `zippy stream`."""
-    from zippy_apps.stream import DEFAULT_ROBUST, ROBUST_METHODS
+    from zippy.geometry import ROBUST_METHODS
+    from zippy.tracking import DEFAULT_ROBUST
 
     parser.add_argument("--source", default="0", help="camera index, video file, image folder or URL (default 0)")
     parser.add_argument("--size", default="240x320", help="working size HEIGHTxWIDTH, or 'native' (default 240x320)")
@@ -135,10 +136,11 @@ def check_output_paths(out: Path | None, log: Path | None) -> None:
 
 def load_extractor(name: str, *, engine: str = "auto", weights: Path | None = None) -> Any:
     """A zippy backbone or a baseline from ``zippy_eval.methods`` by name (ValueError lists the choices)."""
+    from zippy.config import ExtractorConfig
     from zippy_eval.methods import MethodUnavailableError, get_method
 
     try:
-        method = get_method(name, weights=weights, engine=engine)
+        method = get_method(name, weights=weights, extractor=ExtractorConfig(engine=engine))
     except MethodUnavailableError as e:
         raise ValueError(str(e)) from e
     trained = method.info().get("params", {}).get("trained")

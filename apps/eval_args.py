@@ -22,31 +22,6 @@ def method_weights(items: list[str]) -> dict[str, str | None]:
     return out
 
 
-def scales_list(text: str) -> tuple[float, ...]:
-    """'1.41,1' -> (1.41, 1.0): image-pyramid scales of the zippy methods (checked by zippy.load)."""
-    try:
-        return tuple(float(t) for t in csv_list(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1.41,1, got {text!r}") from None
-
-
-def shifts_list(text: str) -> tuple[tuple[int, int], ...]:
-    """'0:0,4:4' -> ((0, 0), (4, 4)): grid shifts (dx:dy) of the zippy methods (range checked by zippy.load)."""
-    bad = argparse.ArgumentTypeError(f"expected comma-separated DX:DY integer pairs such as 0:0,4:4, got {text!r}")
-    out = []
-    for item in csv_list(text):
-        dx, sep, dy = item.partition(":")
-        if not sep:
-            raise bad
-        try:
-            out.append((int(dx), int(dy)))
-        except ValueError:
-            raise bad from None
-    if not out:
-        raise bad
-    return tuple(out)
-
-
 def limit_threads(threads: int) -> None:
     """Check ``--threads`` and set the thread variables of libraries that read them at start-up.
 
@@ -71,48 +46,24 @@ def add_weights_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_scales_option(parser: argparse.ArgumentParser) -> None:
-    """``--scales S1,S2,...``: the zippy image pyramid (read as a tuple of floats)."""
-    parser.add_argument(
-        "--scales",
-        type=scales_list,
-        default=(1.0,),
-        metavar="S1,S2",
-        help="zippy image-pyramid scales, e.g. 1.41,1: detect at each, keep the best keypoints (default 1)",
-    )
-
-
-def add_shifts_option(parser: argparse.ArgumentParser) -> None:
-    """``--shifts DX:DY,...``: the zippy grid shifts (read as a tuple of (dx, dy) pairs)."""
-    parser.add_argument(
-        "--shifts",
-        type=shifts_list,
-        default=((0, 0),),
-        metavar="DX:DY,...",
-        help="zippy grid shifts in px, e.g. 0:0,4:4: one pass per shift and scale with the 8x8 cell grid moved, "
-        "keep the best keypoints (default 0:0)",
-    )
-
-
-def add_nms_option(parser: argparse.ArgumentParser) -> None:
-    """``--nms-radius PX``: the zippy keypoint NMS radius (default ``zippy.DEFAULT_NMS_RADIUS``)."""
-    from zippy import DEFAULT_NMS_RADIUS
-
-    parser.add_argument(
-        "--nms-radius",
-        type=float,
-        default=DEFAULT_NMS_RADIUS,
-        metavar="PX",
-        help=f"zippy keypoint NMS radius in px (default {DEFAULT_NMS_RADIUS:g})",
-    )
-
-
 def add_method_options(parser: argparse.ArgumentParser, *, threads_help: str = "torch / OpenCV threads") -> None:
-    """The options every `zippy eval ...` command shares: --weights, --engine, --threads, --overwrite."""
+    """The options every `zippy eval ...` command shares: --weights METHOD=PATH, the zippy extractor options
+    (:func:`zippy.config.add_extractor_arguments`, read with ``ExtractorConfig.from_args``), --threads, --overwrite."""
+    from zippy.config import add_extractor_arguments
+
     add_weights_option(parser)
-    parser.add_argument("--engine", default="auto", help="zippy engine: auto, int8, fp32, onnx (default auto)")
-    add_scales_option(parser)
-    add_shifts_option(parser)
-    add_nms_option(parser)
+    add_extractor_arguments(parser, model=False)
     parser.add_argument("--threads", type=int, default=1, help=f"{threads_help} (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="recompute cached results")
+
+
+def method_run_options(args: argparse.Namespace) -> dict:
+    """The fields every evaluation config takes from :func:`add_method_options` and ``--methods``: ``methods``
+    (lower-cased names), ``weights`` ({method: file}) and ``extractor`` (the zippy methods' ExtractorConfig)."""
+    from zippy.config import ExtractorConfig
+
+    return {
+        "methods": tuple(m.lower() for m in csv_list(args.methods)),
+        "weights": method_weights(args.weights),
+        "extractor": ExtractorConfig.from_args(args),
+    }

@@ -17,7 +17,7 @@ Methods (names in the results):
     * ``zippypoint-int8-x1.41+1``: the int8 engine on the two-scale pyramid; ``zippypoint-int8-x1.41+1-g2``: the
       same with a second cell grid half a cell away at each scale (``shifts=((0, 0), (4, 4))``);
       ``zippypoint-int8-x1.41+1-g4``: with four grids (shifts (0, 0), (4, 0), (0, 4), (4, 4)), the most
-      accurate setting of docs/hpatches.md ("Session 12"); none of the three in the default set.
+      accurate setting of docs/hpatches.md; none of the three in the default set.
     * ``zippypoint-onnx``: onnxruntime int8 graph (``zippy.quant.onnx_engine``; not in the default set).
     * ``zippypoint_small-int8`` / ``zippypoint_small-fp32``: the narrow shipped variant
       (``zippy.load("zippypoint_small")``, weights/zippypoint_small.pt), int8 engine / float with fake
@@ -249,6 +249,8 @@ def run_timing(cfg: BenchConfig, size: tuple[int, int], threads: int) -> list[di
     """
     import torch
 
+    import zippy
+
     matching = _setup(threads)
     frames = _load_frames(cfg.frames, cfg.n_frames, size)
     methods = {name: _make(cfg, name, frames) for name in cfg.methods}
@@ -266,12 +268,11 @@ def run_timing(cfg: BenchConfig, size: tuple[int, int], threads: int) -> list[di
             shift = (i + rep) % len(names)
             for name in names[shift:] + names[:shift]:
                 m, rows = methods[name], times[name]
-                match = matching.match_hamming if m.binary else matching.match_l2
                 t0 = time.perf_counter()
                 f, net_ms, post_ms = m.extract(im, k)
                 t1 = time.perf_counter()
                 if name in prev:
-                    match(f.descriptors, prev[name].descriptors, mutual=True)
+                    zippy.match(f, prev[name], mutual=True)
                 t2 = time.perf_counter()
                 if rep > 0:
                     rows["total_ms"].append(1e3 * (t1 - t0))

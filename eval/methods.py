@@ -11,7 +11,9 @@ Methods:
       for ORB keypoints).
     * "aliked": ``kornia.feature.ALIKED`` ("aliked-t16" by default, or ``model_name="aliked-n16"``) with
       local weights (default ``../shared/teachers/aliked-t16.pth`` beside the repository), top-k mode.
-    * any zippy backbone (``zippy.available_models()``, e.g. "zippypoint", "kp2d") via ``zippy.load``.
+    * any zippy model with trained weights (``zippy.available_models()``: "zippypoint", "zippypoint_small",
+      "kp2d"), or a backbone of ``zippy.available_backbones()`` given ``weights=``, via ``zippy.load`` with the
+      run's :class:`zippy.ExtractorConfig` options.
 
 Budget rule: keypoints are ranked by their response / score and the best ``max_keypoints`` kept
 (OpenCV methods detect, describe, then keep the top ones, so keypoints dropped by the descriptor near
@@ -37,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from zippy import DEFAULT_NMS_RADIUS
+from zippy.config import ExtractorConfig
 from zippy.features import Features
 
 __all__ = [
@@ -46,9 +48,7 @@ __all__ = [
     "MethodUnavailableError",
     "available_methods",
     "default_aliked_weights",
-    "extraction_tag",
     "get_method",
-    "match_features",
     "method_for_run",
     "methods_for_run",
     "sha256_file",
@@ -116,6 +116,19 @@ class Method(ABC):
         rgb = to_rgb_uint8(image_rgb_uint8)
         feats = self._extract(rgb, int(max_keypoints))
         return _top_k(feats, int(max_keypoints))
+
+    def cache_key(self) -> str:
+        """Name of the method's feature caches: name, version, weights hash and the options that change the
+        features (so a stale cache is never reused)."""
+        info = self.info()
+        parts = [self.name, str(info.get("version", ""))]
+        if info.get("weights_sha256"):
+            parts.append(str(info["weights_sha256"])[:12])
+        params = info.get("params") or {}
+        for key in ("model_name", "engine"):
+            if params.get(key):
+                parts.append(str(params[key]))
+        return "-".join(parts)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, binary={self.binary})"
@@ -268,26 +281,21 @@ class AlikedMethod(Method):
 
 
 class ZippyMethod(Method):
-    """A zippy backbone through ``zippy.load``."""
+    """A zippy model through ``zippy.load(config)``."""
 
-    def __init__(
-        self,
-        name: str,
-        weights: str | os.PathLike | None = None,
-        engine: str = "auto",
-        scales: tuple[float, ...] = (1.0,),
-        shifts: tuple[tuple[int, int], ...] = ((0, 0),),
-        nms_radius: float = DEFAULT_NMS_RADIUS,
-    ) -> None:
+    def __init__(self, config: ExtractorConfig) -> None:
         import zippy
 
-        self.name = name
-        self._extractor = zippy.load(
-            name, weights=weights, engine=engine, scales=scales, shifts=shifts, nms_radius=nms_radius
-        )
+        self.name = config.name
+        self._extractor = zippy.load(config)
         self.binary = bool(self._extractor.binary)
-        self._weights = weights
+        self._weights = config.weights
         self._version = zippy.__version__
+
+    @property
+    def config(self) -> ExtractorConfig:
+        """The extractor's config (with the engine really used)."""
+        return self._extractor.config
 
     def _extract(self, rgb: np.ndarray, max_keypoints: int) -> Features:
         feats = self._extractor.extract(rgb, max_keypoints=max_keypoints)
@@ -302,36 +310,19 @@ class ZippyMethod(Method):
             "version": f"zippy {self._version}",
             "weights": str(self._weights) if self._weights is not None else "shipped",
             "weights_sha256": getattr(ex, "weights_sha256", None),
-            "params": {
-                "engine": ex.engine,
-                "trained": ex.trained,
-                "scales": list(ex.scales),
-                "shifts": [list(d) for d in ex.shifts],
-                "nms_radius": ex.nms_radius,
-            },
+            "params": {"trained": ex.trained, **ex.config.options()},
         }
 
-
-def extraction_tag(params: dict[str, Any]) -> list[str]:
-    """Cache-name parts of a zippy method's extraction ``params``: the image pyramid unless one pass at scale 1
-    ("x1.41+1"), the grid shifts unless only (0, 0) ("g0-0+4-4"), and always the NMS radius ("nms1"; caches of
-    the time before it was recorded, radius 4, are thus never reused for another radius); [] for the other
-    methods (no "scales" entry)."""
-    if "scales" not in params:
-        return []
-    scales = [float(s) for s in params["scales"]]
-    parts = [] if scales == [1.0] else ["x" + "+".join(f"{s:g}" for s in scales)]
-    shifts = [(int(dx), int(dy)) for dx, dy in params.get("shifts", [(0, 0)])]
-    if shifts != [(0, 0)]:
-        parts.append("g" + "+".join(f"{dx}-{dy}" for dx, dy in shifts))
-    return [*parts, f"nms{float(params['nms_radius']):g}"]
+    def cache_key(self) -> str:
+        """The common key (name, version, weights hash, engine) and the config's tag (pyramid, grids, NMS)."""
+        return f"{super().cache_key()}-{self.config.tag()}"
 
 
 # ----------------------------------------------------------------------------------------------- registry
 
 
 def _zippy_models() -> list[str]:
-    """zippy backbones, or [] while zippy's registry does not exist yet (logged)."""
+    """zippy models with trained weights, or [] while zippy's registry does not exist yet (logged)."""
     try:
         import zippy
 
@@ -339,6 +330,13 @@ def _zippy_models() -> list[str]:
     except (ImportError, AttributeError) as e:
         logger.debug("zippy backbones not available yet: %s", e)
         return []
+
+
+def _zippy_backbones() -> list[str]:
+    """zippy backbones that load from a weights file given with ``weights=``."""
+    import zippy
+
+    return zippy.available_backbones()
 
 
 def available_methods() -> list[str]:
@@ -350,21 +348,16 @@ def get_method(
     name: str,
     *,
     weights: str | os.PathLike | None = None,
-    engine: str = "auto",
-    scales: tuple[float, ...] = (1.0,),
-    shifts: tuple[tuple[int, int], ...] = ((0, 0),),
-    nms_radius: float = DEFAULT_NMS_RADIUS,
+    extractor: ExtractorConfig | None = None,
     **kw: Any,
 ) -> Method:
     """Build a method by name.
 
     Args:
         name: one of :func:`available_methods`.
-        weights: weights file (ALIKED, zippy backbones); None takes the default.
-        engine: zippy engine ("auto", "int8", "fp32", "onnx"); ignored by the other methods.
-        scales: zippy image-pyramid scales (see ``zippy.load``); ignored by the other methods.
-        shifts: zippy grid shifts (see ``zippy.load``); ignored by the other methods.
-        nms_radius: zippy keypoint NMS radius in px (see ``zippy.load``); ignored by the other methods.
+        weights: weights file (ALIKED, zippy models); None takes the default.
+        extractor: options of the zippy models (engine, scales, shifts, nms_radius; its name and weights are
+            replaced by ``name`` and ``weights``); ignored by the other methods. None: the defaults.
         **kw: method options; ALIKED takes ``model_name`` ("aliked-t16" or "aliked-n16").
 
     Raises:
@@ -382,25 +375,17 @@ def get_method(
         if opts:
             raise ValueError(f"aliked options are ['model_name'], got {sorted(opts)}")
         return AlikedMethod(weights=weights, model_name=model_name)
-    zippy_models = _zippy_models()
-    if key in zippy_models:
+    if key in _zippy_models() or (weights is not None and key in _zippy_backbones()):
         if kw:
-            raise ValueError(f"zippy backbone {key} takes weights and engine only, got {sorted(kw)}")
-        return ZippyMethod(key, weights=weights, engine=engine, scales=scales, shifts=shifts, nms_radius=nms_radius)
+            raise ValueError(f"zippy model {key} takes weights and extractor only, got {sorted(kw)}")
+        return ZippyMethod((extractor or ExtractorConfig()).replace(name=key, weights=weights))
     raise ValueError(f"unknown method {name!r}; choose from {available_methods()}")
 
 
 def method_for_run(name: str, conf: Any) -> Method:
-    """:func:`get_method` with an evaluation config's ``weights`` (a {method: file} dict), ``engine``, ``scales``,
-    ``shifts`` and ``nms_radius`` (the HPatches, localization and relative-pose configs all carry them)."""
-    return get_method(
-        name,
-        weights=conf.weights.get(name),
-        engine=conf.engine,
-        scales=conf.scales,
-        shifts=conf.shifts,
-        nms_radius=conf.nms_radius,
-    )
+    """:func:`get_method` with an evaluation config's ``weights`` (a {method: file} dict) and ``extractor`` options
+    (the HPatches, localization and relative-pose configs all carry them)."""
+    return get_method(name, weights=conf.weights.get(name), extractor=conf.extractor)
 
 
 def methods_for_run(conf: Any) -> tuple[list[Method], dict[str, str]]:
@@ -420,28 +405,3 @@ def methods_for_run(conf: Any) -> tuple[list[Method], dict[str, str]]:
     if not methods:
         raise ValueError(f"no method can run: {skipped}")
     return methods, skipped
-
-
-def match_features(
-    f0: Features, f1: Features, *, mutual: bool = True, ratio: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest-neighbour matching: Hamming for packed binary descriptors, L2 for float ones.
-
-    Args:
-        f0, f1: features of two images with the same descriptor kind and width.
-        mutual: keep only mutual nearest neighbours.
-        ratio: optional ratio test (nearest < ratio * second nearest), see zippy.matching.
-
-    Returns:
-        pairs int64 [K,2] (index in f0, index in f1) and distances [K].
-    """
-    if f0.is_binary != f1.is_binary or f0.descriptors.shape[1] != f1.descriptors.shape[1]:
-        raise ValueError(
-            f"descriptors differ: {f0.descriptors.dtype} {list(f0.descriptors.shape)} vs "
-            f"{f1.descriptors.dtype} {list(f1.descriptors.shape)}"
-        )
-    from zippy import matching
-
-    if f0.is_binary:
-        return matching.match_hamming(f0.descriptors, f1.descriptors, mutual=mutual, ratio=ratio)
-    return matching.match_l2(f0.descriptors, f1.descriptors, mutual=mutual, ratio=ratio)

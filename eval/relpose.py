@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from zippy import DEFAULT_NMS_RADIUS
+from zippy.config import ExtractorConfig
 
 __all__ = [
     "RelPoseConf",
@@ -75,10 +75,8 @@ class RelPoseConf:
         estimator: "pycolmap" or "opencv".
         ransac_px: RANSAC threshold in resized pixels.
         weights: method name -> weights file.
-        engine: zippy engine.
-        scales: zippy image-pyramid scales (``zippy.load``; other methods ignore them).
-        shifts: zippy grid shifts (dx, dy) (``zippy.load``; other methods ignore them).
-        nms_radius: zippy keypoint NMS radius in px (``zippy.load``; other methods ignore it).
+        extractor: options of the zippy methods (:class:`zippy.ExtractorConfig`: engine, scales, shifts,
+            nms_radius; its name and weights are each method's own); other methods ignore them.
         num_threads: OpenCV / torch threads.
         seed: RANSAC seed.
         overwrite: recompute cached features.
@@ -90,10 +88,7 @@ class RelPoseConf:
     estimator: str = "pycolmap"
     ransac_px: float = 1.0
     weights: dict[str, str | None] = field(default_factory=dict)
-    engine: str = "auto"
-    scales: tuple[float, ...] = (1.0,)
-    shifts: tuple[tuple[int, int], ...] = ((0, 0),)
-    nms_radius: float = DEFAULT_NMS_RADIUS
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
     num_threads: int = 1
     seed: int = 0
     overwrite: bool = False
@@ -111,7 +106,9 @@ class RelPoseConf:
     def protocol(self) -> dict[str, Any]:
         """What determines the numbers, for summary.json."""
         d = asdict(self)
+        d.update(self.extractor.options())  # engine, scales, shifts, nms_radius at the top level
         d.pop("overwrite")
+        d.pop("extractor")
         d["matcher"] = "mutual nearest neighbour (Hamming for binary, L2 for float), zippy.matching"
         d["pose_error"] = "max(rotation angle, translation direction angle), translation sign folded"
         d["auc_thresholds_deg"] = list(AUC_THRESHOLDS)
@@ -281,10 +278,10 @@ def _evaluate_method(
 ) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
+    import zippy
     from zippy.image import read_image
     from zippy_eval.localization import features_h5
     from zippy_eval.localization.pipeline import extract_resized
-    from zippy_eval.methods import match_features
 
     features = cache / "features.h5"
     if conf.overwrite and features.exists():
@@ -299,7 +296,7 @@ def _evaluate_method(
     rows = []
     for p in tqdm(pairs, desc=f"relpose {method.name}", unit="pair", leave=False):
         f0, f1 = feats(p.name0), feats(p.name1)
-        m, _ = match_features(f0, f1, mutual=True)
+        m, _ = zippy.match(f0, f1, mutual=True)
         scale = (
             max(f0.image_size) / conf.resize_max if conf.resize_max and max(f0.image_size) > conf.resize_max else 1.0
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SHARED_TEACHERS = REPO.parent / "shared" / "teachers"
+# the research tools (tools/, not installed) are imported by their module names in their tests
+sys.path.insert(0, str(REPO / "tools"))
 
 
 @pytest.fixture(scope="session")

@@ -369,8 +369,9 @@ def test_pruning_hooks() -> None:
 def test_compare_backbones_writes_table_without_made_up_accuracy(tmp_path) -> None:
     import json
 
+    from compare_backbones import CompareConfig, run
+
     from zippy.weights import shipped_weights
-    from zippy_eval.compare_backbones import CompareConfig, run
 
     conf = CompareConfig(backbones=("kp2d", "zippypoint", "int8"), latency=False)
     summary = run(conf, tmp_path / "out", tmp_path / "doc.md")

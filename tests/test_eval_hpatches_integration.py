@@ -130,9 +130,11 @@ def test_orb_and_zippy_end_to_end(dataset, tmp_path):
 
 def test_binarization_gap(dataset, tmp_path):
     """The float / k-ones variants of one network; its own k gives the numbers of the HPatches run."""
+    from binarization_gap import descriptor_variant
+    from binarization_gap import run as gap_run
+
     import zippy
-    from zippy_eval.binarization_gap import descriptor_variant
-    from zippy_eval.binarization_gap import run as gap_run
+    from zippy.config import ExtractorConfig
 
     if "zippypoint" not in zippy_methods():
         pytest.skip("zippypoint is not available")
@@ -152,7 +154,9 @@ def test_binarization_gap(dataset, tmp_path):
         descriptor_variant(final, "k64")
 
     summary = json.loads(
-        gap_run(dataset, ext.weights_path, tmp_path / "gap", setting="240x320:300", ones=(64, 128)).read_text()
+        gap_run(
+            dataset, ExtractorConfig(weights=ext.weights_path), tmp_path / "gap", setting="240x320:300", ones=(64, 128)
+        ).read_text()
     )
     gap = summary["aggregates"]
     assert list(gap) == ["float", "k64", "k128"] and summary["protocol"]["network_ones"] == 64
@@ -166,15 +170,21 @@ def test_binarization_gap(dataset, tmp_path):
     assert gap["float"]["all"]["n_matches"] > 0 and gap["k128"]["all"]["mma"] != gap["k64"]["all"]["mma"]
     assert "| k64 (the network's own) |" in (tmp_path / "gap" / "table.md").read_text()
     pyramid = gap_run(
-        dataset, ext.weights_path, tmp_path / "gap2", setting="240x320:300", scales=(1.41, 1.0), ones=(64,)
+        dataset,
+        ExtractorConfig(weights=ext.weights_path, scales=(1.41, 1.0)),
+        tmp_path / "gap2",
+        setting="240x320:300",
+        ones=(64,),
     )
     assert json.loads(pyramid.read_text())["protocol"]["scales"] == [1.41, 1.0]  # the extraction really used
     with pytest.raises(ValueError, match="each in \\(0, 256\\)"):
-        gap_run(dataset, ext.weights_path, tmp_path / "bad", setting="240x320:300", ones=(0,))
+        gap_run(dataset, ExtractorConfig(weights=ext.weights_path), tmp_path / "bad", setting="240x320:300", ones=(0,))
     with pytest.raises(ValueError, match="distinct"):
-        gap_run(dataset, ext.weights_path, tmp_path / "bad", setting="240x320:300", ones=(64, 64))
+        gap_run(
+            dataset, ExtractorConfig(weights=ext.weights_path), tmp_path / "bad", setting="240x320:300", ones=(64, 64)
+        )
     with pytest.raises(ValueError, match="float-descriptor network"):
-        gap_run(dataset, zippy.load("kp2d").weights_path, tmp_path / "bad", setting="240x320:300")
+        gap_run(dataset, ExtractorConfig("kp2d"), tmp_path / "bad", setting="240x320:300")
 
 
 def cli(module_name: str, argv: list[str]) -> int:
@@ -213,8 +223,8 @@ def test_cli_eval_hpatches(dataset, tmp_path, capsys):
 def test_shifts_option_parses_pairs() -> None:
     import argparse
 
+    from zippy.config import parse_shifts
     from zippy_apps import cmd_eval_hpatches
-    from zippy_apps.eval_args import shifts_list
 
     parser = argparse.ArgumentParser()
     cmd_eval_hpatches.add_arguments(parser)
@@ -222,7 +232,7 @@ def test_shifts_option_parses_pairs() -> None:
     assert parser.parse_args(["ds", "--shifts", "0:0, 4:4"]).shifts == ((0, 0), (4, 4))
     for bad in ("", "4", "a:b", "1:2:3", "0.5:0"):
         with pytest.raises(argparse.ArgumentTypeError, match="DX:DY"):
-            shifts_list(bad)
+            parse_shifts(bad)
 
 
 def test_cli_make_hpatches_like(tmp_path, capsys):
@@ -253,7 +263,7 @@ def test_result_helpers(tmp_path):
 
 
 def test_shift_pair_metrics_counts_exactly() -> None:
-    from zippy_eval.shift_invariance import shift_pair_metrics
+    from shift_invariance import shift_pair_metrics
 
     kp0 = np.array([[10.0, 10.0], [50.0, 20.0], [90.0, 30.0]])
     kp1 = np.array([[14.0, 10.0], [54.0, 24.0], [30.0, 30.0]])  # +4 px: exact, 4 px off, far
@@ -266,7 +276,7 @@ def test_shift_pair_metrics_counts_exactly() -> None:
 
 def test_shift_invariance(dataset, tmp_path):
     """ORB is nearly shift-invariant; the zippy grid repeats itself after one 8 px cell."""
-    from zippy_eval.shift_invariance import main as shift_main
+    from shift_invariance import main as shift_main
 
     argv = [str(dataset), "--methods", "orb,zippypoint_small", "--setting", "240x320:300", "--include", "i_*"]
     assert shift_main([*argv, "--out", str(tmp_path / "si")]) == 0

@@ -55,3 +55,28 @@ def test_pack_unpack_msb_first() -> None:
     np.testing.assert_array_equal(unpack_bits(packed), bits)
     with pytest.raises(ValueError, match="multiple of 8"):
         pack_bits(np.zeros((1, 7)))
+
+
+def test_to_dict_layouts_for_lightglue_and_hloc() -> None:
+    import torch
+
+    rng = np.random.default_rng(0)
+    bits = np.zeros((3, 256), np.uint8)
+    for row in bits:
+        row[rng.choice(256, 64, replace=False)] = 1
+    f = Features(rng.random((3, 2), np.float32) * 50, np.array([0.9, 0.5, 0.1], np.float32), pack_bits(bits), (64, 48))
+    lg = f.to_dict(layout="lightglue")
+    assert lg["keypoints"].shape == (1, 3, 2) and lg["keypoints"].dtype == torch.float32
+    assert lg["keypoint_scores"].shape == (1, 3) and lg["image_size"].tolist() == [[64.0, 48.0]]
+    d = lg["descriptors"][0].numpy()
+    assert d.shape == (3, 256) and d.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, rtol=1e-6)
+    hamming = (bits[:, None, :] != bits[None, :, :]).sum(-1)
+    np.testing.assert_allclose(d @ d.T, 1 - 2 * hamming / 256, atol=1e-6)  # L2 / cosine rank as Hamming does
+    floats = Features(f.keypoints, f.scores, rng.standard_normal((3, 8)).astype(np.float32), (64, 48))
+    np.testing.assert_array_equal(floats.to_dict(layout="lightglue")["descriptors"][0].numpy(), floats.descriptors)
+    hl = f.to_dict(layout="hloc")
+    assert hl["descriptors"].shape == (32, 3) and hl["descriptors"].dtype == np.uint8
+    np.testing.assert_array_equal(hl["descriptors"].T, f.descriptors)
+    with pytest.raises(ValueError, match="unknown layout 'kornia'"):
+        f.to_dict(layout="kornia")

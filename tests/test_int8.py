@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from int8_check import compare_features
 
 from zippy.extractor import Extractor
 from zippy.models import KeypointNet, ModelConfig
@@ -21,7 +22,6 @@ from zippy.quant import int8, set_fake_quant
 from zippy.quant.layers import ActQuant, BinaryConv2d, QConv2d
 from zippy.quant.packing import is_packed, pack_state_dict, state_dict_nbytes, unpack_state_dict
 from zippy.weights import atomic_torch_save, build_model, load_weights, save_weights, shipped_weights
-from zippy_eval.int8_check import compare_features
 
 pytestmark = pytest.mark.skipif(
     int8._kernels_missing() is not None, reason=f"no int8 kernels: {int8._kernels_missing()}"

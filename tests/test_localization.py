@@ -122,11 +122,85 @@ def test_features_and_matches_h5(tmp_path):
         features_h5.read_features(path, "other.png")
 
     mpath = tmp_path / "m.h5"
-    features_h5.write_matches(mpath, "db/a.png", "q/b.png", np.array([[0, 5], [1, 7]]), np.array([3, 4]))
+    features_h5.write_matches(mpath, "db/a.png", "q/b.png", np.array([[0, 5], [2, 7]]), np.array([3, 4]), 3)
     m, d = features_h5.read_matches(mpath, "q/b.png", "db/a.png")  # stored the other way round
-    assert m.tolist() == [[5, 0], [7, 1]] and d.tolist() == [3, 4]
+    assert m.tolist() == [[5, 0], [7, 2]] and d.tolist() == [3, 4]
+    m, d = features_h5.read_matches(mpath, "db/a.png", "q/b.png")
+    assert m.tolist() == [[0, 5], [2, 7]] and m.dtype == np.int64
     with pytest.raises(ValueError, match=r"\[K,2\]"):
-        features_h5.write_matches(mpath, "a", "b", np.zeros((3,)), np.zeros(3))
+        features_h5.write_matches(mpath, "a", "b", np.zeros((3,)), np.zeros(3), 3)
+    with pytest.raises(ValueError, match=r"must be in \[0, 2\)"):
+        features_h5.write_matches(mpath, "a", "b", np.array([[2, 0]]), np.zeros(1), 2)
+
+
+# hloc's readers, verbatim from cvg/Hierarchical-Localization (hloc/utils/io.py get_keypoints / find_pair /
+# get_matches, hloc/utils/parsers.py names_to_pair, and the h5 part of hloc/match_features.py FeaturePairsDataset),
+# without the old pair-name fallback; hloc itself is not a dependency.
+def _hloc_names_to_pair(name0, name1, separator="/"):
+    return separator.join((name0.replace("/", "-"), name1.replace("/", "-")))
+
+
+def _hloc_get_keypoints(path, name):
+    import h5py
+
+    with h5py.File(str(path), "r", libver="latest") as hfile:
+        dset = hfile[name]["keypoints"]
+        p = dset.__array__()
+    return p
+
+
+def _hloc_get_matches(path, name0, name1):
+    import h5py
+
+    with h5py.File(str(path), "r", libver="latest") as hfile:
+        pair, reverse = _hloc_names_to_pair(name0, name1), False
+        if pair not in hfile:
+            pair, reverse = _hloc_names_to_pair(name1, name0), True
+        matches = hfile[pair]["matches0"].__array__()
+        scores = hfile[pair]["matching_scores0"].__array__()
+    idx = np.where(matches != -1)[0]
+    matches = np.stack([idx, matches[idx]], -1)
+    if reverse:
+        matches = np.flip(matches, -1)
+    scores = scores[idx]
+    return matches, scores
+
+
+def _hloc_pair_data(feature_path, name0):
+    import h5py
+    import torch
+
+    data = {}
+    with h5py.File(feature_path, "r") as fd:
+        grp = fd[name0]
+        for k, v in grp.items():
+            data[k + "0"] = torch.from_numpy(v.__array__()).float()
+        data["image0"] = torch.empty((1,) + tuple(grp["image_size"])[::-1])  # noqa: RUF005 (verbatim)
+    return data
+
+
+def test_caches_open_with_hlocs_readers(tmp_path, photo):
+    import zippy
+
+    ex = zippy.load("zippypoint_small", engine="fp32")
+    f0, f1 = ex.extract(photo[:240, :320], 200), ex.extract(photo[10:250, 8:328], 200)
+    fpath, mpath = tmp_path / "features.h5", tmp_path / "matches.h5"
+    features_h5.write_features(fpath, "db/0001.png", f0)
+    features_h5.write_features(fpath, "query/q.png", f1)
+    pairs, dist = zippy.match(f0, f1)
+    features_h5.write_matches(mpath, "db/0001.png", "query/q.png", pairs, dist, len(f0))
+
+    np.testing.assert_array_equal(_hloc_get_keypoints(fpath, "db/0001.png"), f0.keypoints)
+    m, scores = _hloc_get_matches(mpath, "query/q.png", "db/0001.png")  # hloc swaps a reversed pair itself
+    assert {tuple(p) for p in m.tolist()} == {(j, i) for i, j in pairs.tolist()}
+    assert scores.shape == (len(pairs),) and (scores > 0).all()
+    data = _hloc_pair_data(fpath, "db/0001.png")
+    assert data["keypoints0"].shape == (len(f0), 2) and data["scores0"].shape == (len(f0),)
+    assert data["descriptors0"].shape == (32, len(f0))  # hloc's [D, N]; packed bits stay 32 bytes
+    assert data["image0"].shape == (1, 240, 320)
+    back = features_h5.read_features(fpath, "db/0001.png")
+    np.testing.assert_array_equal(back.descriptors, f0.descriptors)
+    assert features_h5.list_features(fpath) == ["db/0001.png", "query/q.png"]
 
 
 # ----------------------------------------------------------------------------------------------- pairs

@@ -15,7 +15,6 @@ from zippy_eval.methods import (
     available_methods,
     default_aliked_weights,
     get_method,
-    match_features,
     methods_for_run,
 )
 
@@ -136,29 +135,31 @@ def test_zippy_backbones(image):
 
 
 def test_zippy_pyramid_scales_reach_the_extractor_and_the_cache_name(image):
+    from zippy.config import ExtractorConfig
     from zippy_eval.hpatches.pipeline import _method_tag
-    from zippy_eval.methods import extraction_tag
 
-    one, two = get_method("zippypoint_small"), get_method("zippypoint_small", scales=(1.41, 1.0))
+    pyramid = ExtractorConfig(scales=(1.41, 1.0))
+    one, two = get_method("zippypoint_small"), get_method("zippypoint_small", extractor=pyramid)
     assert one.info()["params"]["scales"] == [1.0] and two.info()["params"]["scales"] == [1.41, 1.0]
-    assert extraction_tag(one.info()["params"]) == ["nms1"]
-    assert extraction_tag(two.info()["params"]) == ["x1.41+1", "nms1"]
+    assert two.config.name == "zippypoint_small" and two.config.scales == (1.41, 1.0)  # the name is the method's
+    assert one.config.tag() == "nms1" and two.config.tag() == "x1.41+1-nms1"
     assert _method_tag(two).replace("-x1.41+1", "") == _method_tag(one)
-    three = get_method("zippypoint_small", scales=(1.41, 1.0), nms_radius=4)
+    three = get_method("zippypoint_small", extractor=pyramid.replace(nms_radius=4))
     assert three.info()["params"]["nms_radius"] == 4.0 and _method_tag(three) == _method_tag(two).replace(
         "nms1", "nms4"
     )
-    four = get_method("zippypoint_small", scales=(1.41, 1.0), shifts=((0, 0), (4, 4)))
+    four = get_method("zippypoint_small", extractor=pyramid.replace(shifts=((0, 0), (4, 4))))
     assert four.info()["params"]["shifts"] == [[0, 0], [4, 4]]
-    assert extraction_tag(four.info()["params"]) == ["x1.41+1", "g0-0+4-4", "nms1"]
-    assert extraction_tag(get_method("orb").info()["params"]) == []
+    assert four.config.tag() == "x1.41+1-g0-0+4-4-nms1" and four.cache_key().endswith("-x1.41+1-g0-0+4-4-nms1")
+    assert "nms" not in get_method("orb").cache_key()
     f1, f2 = one.extract(image[:96, :128], 50), two.extract(image[:96, :128], 50)
     assert len(f2) == 50 and not np.array_equal(f1.keypoints, f2.keypoints)
-    assert get_method("orb", scales=(2.0,)).info()["name"] == "orb"  # non-zippy methods ignore the pyramid
+    assert get_method("orb", extractor=pyramid).info()["name"] == "orb"  # non-zippy methods ignore the pyramid
 
 
-def test_match_features_mutual_nn(image):
-    pytest.importorskip("zippy.matching")
+def test_zippy_match_dispatches_on_the_descriptor_kind(image):
+    from zippy import match as match_features
+
     for name in ("orb", "sift"):
         f = get_method(name).extract(image, 100)
         pairs, dist = match_features(f, f)
@@ -172,5 +173,5 @@ def test_match_features_mutual_nn(image):
     plain, _ = match_features(orb100, flipped, mutual=False)
     strict, _ = match_features(orb100, flipped, mutual=False, ratio=0.7)
     assert len(strict) < len(plain) and {tuple(p) for p in strict} <= {tuple(p) for p in plain}
-    with pytest.raises(ValueError, match="descriptors differ"):
+    with pytest.raises(ValueError, match="one kind and width"):
         match_features(orb, sift)

@@ -8,8 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from zippy_eval.profile_int8 import STAGES, run, stage_of
+from profile_int8 import STAGES, run, stage_of
 
 
 def test_stage_names() -> None:

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from zippy.features import Features
-from zippy.geometry import corner_error
+from zippy.geometry import corner_error, estimate_relative_pose, scale_intrinsics
+from zippy.tracking import FrameResult, Tracker
 from zippy_apps import cmd_stream, stream
 from zippy_apps.bench_stream import synthetic_homographies, write_synthetic_video
 from zippy_apps.draw import TRACKED, Drawer, display_available
-from zippy_apps.stream import FrameResult, SourceError, Tracker, track
+from zippy_apps.stream import SourceError, track
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TUM = SHARED / "localization" / "tum_freiburg_sequence"
@@ -33,7 +34,7 @@ def _extractor(name: str):
 
     if shipped_weights(name) is None:
         pytest.skip(f"{name}: no trained weights ship yet (the homography test needs a trained model)")
-    extractor = get_method(name, engine="auto")
+    extractor = get_method(name)
     assert extractor.info()["params"]["trained"]
     return extractor
 
@@ -155,7 +156,7 @@ def test_relative_pose_recovers_known_motion(robust: str) -> None:
         p = P @ K.T
         return p[:, :2] / p[:, 2:]
 
-    E, R_est, t_est, inliers = stream._relative_pose(project(X), project(X @ R.T + t), K, 1.0, robust)
+    E, R_est, t_est, inliers = estimate_relative_pose(project(X), project(X @ R.T + t), K, 1.0, method=robust)
     assert E is not None and inliers.mean() > 0.95
     assert np.allclose(R_est, R, atol=1e-3)
     assert np.allclose(t_est, t / np.linalg.norm(t), atol=1e-3)
@@ -163,7 +164,7 @@ def test_relative_pose_recovers_known_motion(robust: str) -> None:
 
 def test_scale_intrinsics_pixel_centres() -> None:
     # x -> (x + 0.5) * s - 0.5: the centre of a 640-wide image (319.5) maps to the centre of 320 (159.5)
-    assert stream.scale_intrinsics((500.0, 400.0, 319.5, 239.5), (0.5, 0.5)) == (250.0, 200.0, 159.5, 119.5)
+    assert scale_intrinsics((500.0, 400.0, 319.5, 239.5), (0.5, 0.5)) == (250.0, 200.0, 159.5, 119.5)
 
 
 # ------------------------------------------------------------------------------------------- keyframes

@@ -13,7 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zippy import DEFAULT_NMS_RADIUS
+from zippy.config import (
+    DEFAULT_NMS_RADIUS,
+    ENGINES,
+    ExtractorConfig,
+    check_nms_radius,
+    check_scales,
+    check_shifts,
+)
 from zippy.features import Features
 from zippy.image import resize_image, to_tensor
 from zippy.models import KeypointNet, ModelConfig, available, build_network, default_config
@@ -22,34 +29,9 @@ from zippy.weights import build_model, file_sha256, load_weights, shipped_weight
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "fp32", "int8", "onnx")
-
 __all__ = ["ENGINES", "Extractor"]
 
 NetFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
-
-
-def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
-    """Validated image-pyramid scales: a non-empty sequence of distinct numbers in [0.25, 4]."""
-    try:
-        out = tuple(float(s) for s in scales)
-    except (TypeError, ValueError):
-        raise ValueError(f"scales must be a sequence of numbers, got {scales!r}") from None
-    if not out or len(set(out)) != len(out) or not all(0.25 <= s <= 4.0 for s in out):
-        raise ValueError(f"scales must be distinct numbers in [0.25, 4], at least one, got {scales!r}")
-    return out
-
-
-def check_shifts(shifts: Sequence[Sequence[int]], cell: int = 8) -> tuple[tuple[int, int], ...]:
-    """Validated grid shifts: a non-empty sequence of distinct (dx, dy) integer pairs, each in [0, cell)."""
-    try:
-        out = tuple((int(dx), int(dy)) for dx, dy in shifts)
-        exact = all(float(a) == int(a) for pair in shifts for a in pair)
-    except (TypeError, ValueError):
-        raise ValueError(f"shifts must be a sequence of (dx, dy) integer pairs, got {shifts!r}") from None
-    if not out or not exact or len(set(out)) != len(out) or not all(0 <= a < cell for pair in out for a in pair):
-        raise ValueError(f"shifts must be distinct (dx, dy) integer pairs in [0, {cell}), at least one, got {shifts!r}")
-    return out
 
 
 def resize_tensor(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -57,13 +39,6 @@ def resize_tensor(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     evaluation's resizing); about 3x faster than ``F.interpolate`` here."""
     out = resize_image(x[0].permute(1, 2, 0).numpy(), width, height)
     return torch.from_numpy(out.reshape(height, width, -1)).permute(2, 0, 1)[None].contiguous()
-
-
-def check_nms_radius(nms_radius: float) -> float:
-    """Validated keypoint NMS radius in px (>= 0; 0 keeps the best keypoint of every cell)."""
-    if isinstance(nms_radius, bool) or not isinstance(nms_radius, (int, float, np.number)) or not nms_radius >= 0:
-        raise ValueError(f"nms_radius must be a number >= 0 (px), got {nms_radius!r}")
-    return float(nms_radius)
 
 
 def _check_max_keypoints(max_keypoints: int) -> int:
@@ -85,18 +60,19 @@ class Extractor:
         scales: image-pyramid scales (default (1.0,), one pass). With several, the image is resized by
             each factor, keypoints are detected and described at every scale, mapped back to the
             image's pixels and the ``max_keypoints`` best by score kept over all scales. On the
-            development split, (1.41, 1.0) raised zippypoint_small's H@3 from 0.77 to 0.85 at about
-            three times the network cost (docs/hpatches.md, "Session 8").
+            development split, (1.41, 1.0) raises zippypoint_small's H@3 from 0.77 to 0.85 at about
+            three times the network cost (docs/hpatches.md).
         shifts: grid shifts (default ((0, 0),), one pass per scale). The network sees the image through
             8x8 cells, so what it detects and how it describes a point depend on where the point falls in
-            its cell: shifting an image by 4 px drops zippypoint's repeatability to about 0.74 and its MMA@3
-            to about 0.84 (docs/hpatches.md, "Session 12"). Each (dx, dy) adds a pass per scale on the image
-            without its first dx columns and dy rows (the grid moved by (dx, dy)); the keypoints of all
-            passes are mapped back and the ``max_keypoints`` best by score kept, as with ``scales``.
-            ((0, 0), (4, 4)) doubles the cost.
+            its cell: shifting an image by 4 px dropped the repeatability of earlier zippypoint weights
+            to about 0.74 and their MMA@3 to about 0.84 (docs/hpatches.md, "Image pyramid and grid shifts").
+            Each (dx, dy) adds a pass per scale on the image without its first dx columns and dy rows (the grid
+            moved by (dx, dy)); the keypoints of all passes are mapped back and the ``max_keypoints`` best by
+            score kept, as with ``scales``. ((0, 0), (4, 4)) doubles the cost.
         raw_descriptors: False (default) gives the final descriptors (packed bits, or L2-normalized floats).
             True gives float32 [N, D], the descriptor map sampled at the keypoints before binarization or
-            normalization; a diagnostic (e.g. ``zippy_eval.binarization_gap``), not for matching as is.
+            normalization; a diagnostic (e.g. ``tools/binarization_gap.py``), not for matching as is.
+        config: the :class:`~zippy.config.ExtractorConfig` of this extractor, with the engine really used.
     """
 
     def __init__(
@@ -122,41 +98,54 @@ class Extractor:
         self.scales = check_scales(scales)
         self.shifts = check_shifts(shifts, self.cfg.cell)
         self.raw_descriptors = False
+        self._config_name = self.name
         self.engine, self._net = self._make_engine(engine)
 
-    @classmethod
-    def from_name(
-        cls,
-        name: str = "zippypoint",
-        *,
-        weights: Any = None,
-        engine: str = "auto",
-        scales: Sequence[float] = (1.0,),
-        shifts: Sequence[Sequence[int]] = ((0, 0),),
-        nms_radius: float = DEFAULT_NMS_RADIUS,
-    ) -> Extractor:
-        """See :func:`zippy.load`."""
-        backbones = available()
-        shipped = shipped_weights(name)
-        if name not in backbones and shipped is None:
-            from zippy import available_models
+    @property
+    def config(self) -> ExtractorConfig:
+        """The options of this extractor as an :class:`ExtractorConfig` (the engine really used, the weights file)."""
+        return ExtractorConfig(
+            name=self._config_name,
+            weights=os.fspath(self.weights_path) if self.weights_path is not None else None,
+            engine=self.engine,
+            scales=self.scales,
+            shifts=self.shifts,
+            nms_radius=self.nms_radius,
+            allow_untrained=not self.trained,
+        )
 
-            raise ValueError(f"unknown model {name!r}; choose one of {available_models()}")
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
-        path = Path(weights) if weights is not None else shipped
+    @classmethod
+    def from_config(cls, config: ExtractorConfig) -> Extractor:
+        """See :func:`zippy.load`."""
+        from zippy.weights import shipped_models
+
+        name = config.name
+        shipped = shipped_weights(name)
+        backbones = sorted(available())
+        if name not in backbones and shipped is None:
+            raise ValueError(
+                f"unknown model {name!r}; choose one of {shipped_models()} (trained), or one of the backbones "
+                f"{backbones} with allow_untrained=True"
+            )
+        opts = {"engine": config.engine, "scales": config.scales, "shifts": config.shifts}
+        opts["nms_radius"] = config.nms_radius
+        path = Path(config.weights) if config.weights is not None else shipped
         if path is None:
+            if not config.allow_untrained:
+                raise ValueError(
+                    f"no trained weights ship for backbone {name!r}: pass weights=<file>, or allow_untrained=True "
+                    f"for random weights (tests, speed); trained models: {shipped_models()}"
+                )
             log.warning("no trained weights ship for %r: using UNTRAINED random weights", name)
             torch.manual_seed(0)
-            net = build_network(default_config(name))
-            return cls(net, engine=engine, scales=scales, shifts=shifts, nms_radius=nms_radius)
-        cfg, state, meta = load_weights(path)
-        if cfg.backbone != name and weights is not None:
-            log.info("weights %s hold backbone %r (asked for %r): using the file's", path, cfg.backbone, name)
-        model = build_model(cfg, state)
-        return cls(
-            model, engine=engine, weights_path=path, meta=meta, scales=scales, shifts=shifts, nms_radius=nms_radius
-        )
+            ex = cls(build_network(default_config(name)), **opts)
+        else:
+            cfg, state, meta = load_weights(path)
+            if cfg.backbone != name and config.weights is not None:
+                log.info("weights %s hold backbone %r (asked for %r): using the file's", path, cfg.backbone, name)
+            ex = cls(build_model(cfg, state), weights_path=path, meta=meta, **opts)
+        ex._config_name = name
+        return ex
 
     # --- engines -------------------------------------------------------------------------------
     def _make_engine(self, engine: str) -> tuple[str, NetFn]:

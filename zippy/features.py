@@ -16,7 +16,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Features", "load_features", "pack_bits", "save_features", "unpack_bits"]
+__all__ = [
+    "Features",
+    "h5_names",
+    "load_features",
+    "pack_bits",
+    "read_h5",
+    "save_features",
+    "unpack_bits",
+    "write_h5",
+]
 
 
 @dataclass
@@ -74,14 +83,45 @@ class Features:
             self.keypoints[index], self.scores[index], self.descriptors[index], self.image_size, dict(self.meta)
         )
 
-    def to_dict(self) -> dict[str, np.ndarray]:
-        """Arrays for saving (meta is not included)."""
-        return {
-            "keypoints": self.keypoints,
-            "scores": self.scores,
-            "descriptors": self.descriptors,
-            "image_size": np.asarray(self.image_size, np.int64),
-        }
+    def to_dict(self, layout: str = "zippy") -> dict[str, Any]:
+        """The arrays in the layout a consumer expects (``meta`` is not included).
+
+        Args:
+            layout: "zippy" (default): numpy keypoints float32 [N, 2], scores float32 [N], descriptors [N, B] or
+                [N, D], image_size int64 [2] (w, h), as saved by :func:`save_features`.
+                "hloc": the same with descriptors transposed to [D, N] (packed bits stay uint8 [B, N]), as
+                hloc's feature files hold them (see :func:`write_h5`).
+                "lightglue": batched torch tensors as LightGlue takes them: keypoints float32 [1, N, 2],
+                keypoint_scores [1, N], descriptors float32 [1, N, D], image_size float32 [1, 2] (w, h). Packed
+                bits are unpacked to D = 8B values +-1/sqrt(D): unit vectors whose dot product is 1 - 2 h / D for
+                Hamming distance h, so L2 / cosine matching ranks as Hamming does.
+
+        Raises:
+            ValueError: an unknown layout.
+        """
+        if layout == "zippy":
+            return {
+                "keypoints": self.keypoints,
+                "scores": self.scores,
+                "descriptors": self.descriptors,
+                "image_size": np.asarray(self.image_size, np.int64),
+            }
+        if layout == "hloc":
+            return {**self.to_dict(), "descriptors": np.ascontiguousarray(self.descriptors.T)}
+        if layout == "lightglue":
+            import torch
+
+            desc = self.descriptors
+            if self.is_binary:
+                bits = np.unpackbits(desc, axis=1).astype(np.float32)
+                desc = (2.0 * bits - 1.0) / np.sqrt(max(bits.shape[1], 1))
+            return {
+                "keypoints": torch.from_numpy(self.keypoints.copy())[None],
+                "keypoint_scores": torch.from_numpy(self.scores.copy())[None],
+                "descriptors": torch.from_numpy(np.ascontiguousarray(desc, np.float32))[None],
+                "image_size": torch.tensor([self.image_size], dtype=torch.float32),
+            }
+        raise ValueError(f"unknown layout {layout!r}; choose one of ['zippy', 'hloc', 'lightglue']")
 
 
 def _describe(a: Any) -> str:
@@ -152,3 +192,57 @@ def load_features(path: str | os.PathLike) -> Features:
         raise ValueError(f"feature file must end in .npz or .h5, got {path.name!r}")
     size = tuple(int(v) for v in d["image_size"])
     return Features(d["keypoints"], d["scores"], d["descriptors"], (size[0], size[1]))
+
+
+# ----------------------------------------------------------------------------------------------- hloc-style h5
+
+
+def _h5_group_name(name: str) -> str:
+    if not isinstance(name, str) or not name or name.startswith("/") or name.endswith("/"):
+        raise ValueError(f"image name must be a non-empty relative name such as 'db/0001.png', got {name!r}")
+    return name
+
+
+def write_h5(h5file: Any, name: str, features: Features) -> None:
+    """Store ``features`` in an open h5py file under the group ``name`` (the image name; "/" makes nested groups),
+    replacing an existing entry, in hloc's layout: keypoints float32 [N, 2], scores [N], descriptors [D, N]
+    (packed bits: uint8 [B, N]), image_size [2] (w, h). hloc's readers (``hloc.utils.io.get_keypoints``, its
+    matchers' datasets) open such files; :func:`read_h5` reads them back."""
+    key = _h5_group_name(name)
+    if key in h5file:
+        del h5file[key]
+    group = h5file.create_group(key)
+    for k, v in features.to_dict(layout="hloc").items():
+        group.create_dataset(k, data=v)
+
+
+def read_h5(h5file: Any, name: str) -> Features:
+    """Features of image ``name`` from an open h5py file in the layout of :func:`write_h5` (also hloc's own files
+    of float descriptors [D, N]).
+
+    Raises:
+        KeyError: the file has no features of ``name``.
+    """
+    key = _h5_group_name(name)
+    group = h5file.get(key)
+    if group is None or not hasattr(group, "keys") or "keypoints" not in group:
+        raise KeyError(f"no features of image {name!r} in {h5file.filename}")
+    kp = group["keypoints"][()]
+    desc = group["descriptors"][()].T
+    scores = group["scores"][()] if "scores" in group else np.ones(len(kp), np.float32)
+    w, h = (int(v) for v in group["image_size"][()])
+    if desc.dtype != np.uint8:
+        desc = desc.astype(np.float32)
+    return Features(kp.astype(np.float32), scores.astype(np.float32), desc, (w, h))
+
+
+def h5_names(h5file: Any) -> list[str]:
+    """Image names held by an open h5py file of :func:`write_h5` (the groups with keypoints), sorted."""
+    names: list[str] = []
+
+    def visit(path: str, obj: Any) -> None:
+        if path.endswith("/keypoints") or path == "keypoints":
+            names.append(path.rpartition("/")[0])
+
+    h5file.visititems(visit)
+    return sorted(n for n in names if n)

@@ -1,4 +1,5 @@
-"""Homographies: applying, rescaling, sampling random ones, estimating with RANSAC, corner error.
+"""Two-view geometry: homographies (applying, rescaling, sampling random ones, estimating robustly, corner error)
+and the essential matrix with the relative pose of calibrated cameras.
 
 All points are (x, y) float arrays [N, 2] in pixels with pixel centres at integer coordinates.
 Homographies are float64 [3, 3] mapping points of image 0 to image 1.
@@ -14,11 +15,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ROBUST_METHODS",
+    "camera_matrix",
     "corner_error",
     "estimate_homography",
+    "estimate_relative_pose",
     "random_homography",
     "robust_flag",
     "scale_homography",
+    "scale_intrinsics",
     "visible_mask",
     "warp_points",
 ]
@@ -113,6 +117,62 @@ def estimate_homography(
     if H is None or mask is None:
         return None, np.zeros(n, bool)
     return H, mask.ravel().astype(bool)
+
+
+def camera_matrix(intrinsics: tuple[float, float, float, float]) -> np.ndarray:
+    """(fx, fy, cx, cy) -> the float64 [3, 3] camera matrix K."""
+    fx, fy, cx, cy = intrinsics
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def scale_intrinsics(
+    intrinsics: tuple[float, float, float, float], scale: tuple[float, float]
+) -> tuple[float, float, float, float]:
+    """Intrinsics of an image resized by (sx, sy), pixel centres at integers (x -> (x + 0.5) s - 0.5)."""
+    fx, fy, cx, cy = intrinsics
+    sx, sy = scale
+    return fx * sx, fy * sy, (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5
+
+
+def estimate_relative_pose(
+    pts0: np.ndarray,
+    pts1: np.ndarray,
+    K: np.ndarray,
+    threshold: float = 1.0,
+    max_iters: int = 1000,
+    confidence: float = 0.999,
+    method: str = "magsac",
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """Essential matrix of matched points [N, 2] of two views with camera matrix ``K`` [3, 3], and the pose
+    recovered from it.
+
+    Args:
+        threshold: RANSAC threshold, point-to-epipolar-line distance in px.
+        method: robust estimator of :data:`ROBUST_METHODS` ("magsac", "fast" or "ransac").
+
+    Returns:
+        (E float64 [3, 3], R float64 [3, 3], t float64 [3] unit direction with x1 = R x0 + t, inlier mask bool [N]);
+        Nones and an all-False mask when estimation fails (fewer than 5 points, a degenerate set). The inliers are
+        those of E that also pass the cheirality check of cv2.recoverPose.
+    """
+    import cv2
+
+    n = len(pts0)
+    none = (None, None, None, np.zeros(n, bool))
+    if n < 5:
+        return none
+    flag = robust_flag(method)
+    p0, p1 = np.asarray(pts0, np.float64), np.asarray(pts1, np.float64)
+    try:
+        E, mask = cv2.findEssentialMat(p0, p1, K, flag, confidence, threshold, max_iters)
+        if E is None or mask is None or E.shape[0] < 3:
+            return none
+        E = E[:3]  # several solutions may come stacked; the first is the best-scoring one
+        _, R, t, pose_mask = cv2.recoverPose(E, p0, p1, K, mask=mask.copy())
+    except cv2.error as e:  # degenerate configurations: a failed estimate, not an error
+        log.debug("essential matrix estimation failed: %s", e)
+        return none
+    return E, R, t.ravel(), pose_mask.ravel() > 0
 
 
 def visible_mask(points: np.ndarray, width: int, height: int, border: float = 0.0) -> np.ndarray:

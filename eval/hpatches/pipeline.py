@@ -4,7 +4,7 @@ Protocol (SuperPoint / KP2D): for each sequence, pairs (1, k). For each setting 
 image is resized to exactly HxW (cv2.INTER_AREA when shrinking, INTER_LINEAR when enlarging; the
 aspect ratio is not kept, as in KP2D) and the ground truth is rescaled with
 :func:`zippy.geometry.scale_homography`. A method keeps its ``top-k`` keypoints by score. Binary
-descriptors are matched by Hamming distance, float ones by L2 (:func:`zippy_eval.methods.match_features`):
+descriptors are matched by Hamming distance, float ones by L2 (:func:`zippy.match`):
 mutual nearest neighbours for homography accuracy and MMA, one-way nearest neighbours both ways for
 the matching score. Metric definitions: :mod:`zippy_eval.hpatches.metrics`.
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from zippy import DEFAULT_NMS_RADIUS
+from zippy.config import ExtractorConfig
 from zippy.features import Features
 from zippy.threads import set_threads
 from zippy_eval.hpatches.dataset import HPatchesDataset, HSequence, load_hpatches
@@ -43,7 +43,7 @@ from zippy_eval.hpatches.metrics import (
     evaluate_pair,
     local_rotation_scale,
 )
-from zippy_eval.methods import Method, extraction_tag, methods_for_run
+from zippy_eval.methods import Method, methods_for_run
 
 __all__ = [
     "DEFAULT_SETTINGS",
@@ -98,10 +98,8 @@ class HPatchesConfig:
         methods: method names (see :func:`zippy_eval.methods.available_methods`).
         settings: resolutions and keypoint budgets.
         weights: method name -> weights file (ALIKED, zippy backbones).
-        engine: zippy engine.
-        scales: zippy image-pyramid scales (``zippy.load``; other methods ignore them).
-        shifts: zippy grid shifts (dx, dy) (``zippy.load``; other methods ignore them).
-        nms_radius: zippy keypoint NMS radius in px (``zippy.load``; other methods ignore it).
+        extractor: options of the zippy methods (:class:`zippy.ExtractorConfig`: engine, scales, shifts,
+            nms_radius; its name and weights are each method's own); other methods ignore them.
         dedup_px: protocol variant, 0 (default) = off: before matching, every method's keypoints within this
             distance (px) of a better-scored keypoint of the same image are dropped
             (:func:`suppress_near_duplicates`), so that one corner found several times (ORB's pyramid levels,
@@ -121,10 +119,7 @@ class HPatchesConfig:
     methods: tuple[str, ...] = ("orb", "sift")
     settings: tuple[Setting, ...] = DEFAULT_SETTINGS
     weights: dict[str, str] = field(default_factory=dict)
-    engine: str = "auto"
-    scales: tuple[float, ...] = (1.0,)
-    shifts: tuple[tuple[int, int], ...] = ((0, 0),)
-    nms_radius: float = DEFAULT_NMS_RADIUS
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
     dedup_px: float = 0.0
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
@@ -179,10 +174,7 @@ class HPatchesConfig:
             "include": list(self.include) if self.include else None,
             "exclude": list(self.exclude),
             "threads": self.threads,
-            "engine": self.engine,
-            "scales": list(self.scales),
-            "shifts": [list(d) for d in self.shifts],
-            "nms_radius": self.nms_radius,
+            **self.extractor.options(),
             "dedup_px": self.dedup_px,
         }
 
@@ -195,16 +187,9 @@ def _slug(text: str) -> str:
 
 
 def _method_tag(method: Method) -> str:
-    """Cache folder name: method name + version + weights hash (+ engine) so stale features are never reused."""
-    info = method.info()
-    parts = [method.name, str(info.get("version", ""))]
-    if info.get("weights_sha256"):
-        parts.append(str(info["weights_sha256"])[:12])
-    params = info.get("params") or {}
-    for key in ("model_name", "engine"):
-        if params.get(key):
-            parts.append(str(params[key]))
-    return _slug("-".join(parts + extraction_tag(params)))
+    """Cache folder name: the method's cache key (name, version, weights hash, engine, extraction options), so stale
+    features are never reused."""
+    return _slug(method.cache_key())
 
 
 def _dataset_tags(datasets: Sequence[HPatchesDataset]) -> list[str]:
@@ -239,13 +224,13 @@ def _scaled_gt(H: np.ndarray, size0: tuple[int, int], size1: tuple[int, int], se
 
 def _nearest_neighbours(f0: Features, f1: Features) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mutual [K,2], nn01 [N0,2], nn10 [N1,2]) int64 index pairs; nn10 rows are (index in f1, index in f0)."""
-    from zippy_eval.methods import match_features
+    import zippy
 
     empty = np.zeros((0, 2), np.int64)
     if len(f0) == 0 or len(f1) == 0:
         return empty, empty, empty
-    nn01, _ = match_features(f0, f1, mutual=False)
-    nn10, _ = match_features(f1, f0, mutual=False)
+    nn01, _ = zippy.match(f0, f1, mutual=False)
+    nn10, _ = zippy.match(f1, f0, mutual=False)
     nn01, nn10 = np.asarray(nn01, np.int64).reshape(-1, 2), np.asarray(nn10, np.int64).reshape(-1, 2)
     back = np.full(len(f1), -1, np.int64)
     back[nn10[:, 0]] = nn10[:, 1]

@@ -1,9 +1,12 @@
-"""h5 caches of features (one group per image name) and matches (one group per image pair).
+"""h5 caches of features (one group per image name) and matches (one group per image pair), in hloc's layout.
 
-Image names may contain "/" (``db/0001.png``); h5 would read that as nested groups, so keys are the
-names with "/" percent-encoded. A pair key is the two encoded names joined by a space. Writes go
-to the file in place (append mode) one image or pair at a time, so an interrupted run keeps what
-it finished; readers check that a key exists and say which file and name are missing.
+Features: the group is the image name ("db/0001.png" is group "0001.png" inside group "db", as hloc stores it)
+holding keypoints [N, 2], scores [N], descriptors [D, N] and image_size (:func:`zippy.features.write_h5`).
+Matches: the group is hloc's ``names_to_pair(name0, name1)`` ("/" in a name becomes "-", the two joined by "/")
+holding ``matches0`` int32 [N0] (-1: unmatched) and ``matching_scores0`` float32 [N0] (1 / (1 + distance)), plus
+``distances0`` [N0] (the matcher's distances). So hloc's ``get_keypoints`` / ``get_matches`` and its matchers open
+these files. Writes go to the file in place (append mode) one image or pair at a time, so an interrupted run keeps
+what it finished; readers check that a key exists and say which file and name are missing.
 """
 
 from __future__ import annotations
@@ -11,14 +14,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from urllib.parse import quote
 
 import numpy as np
 
-from zippy.features import Features
+from zippy.features import Features, h5_names, read_h5, write_h5
 
 __all__ = [
-    "feature_key",
     "has_features",
     "has_matches",
     "list_features",
@@ -32,16 +33,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def feature_key(name: str) -> str:
-    """The h5 group name of an image name ("/" and "%" percent-encoded)."""
-    if not name:
-        raise ValueError("image name must be a non-empty string")
-    return quote(name, safe="")
-
-
 def pair_key(name0: str, name1: str) -> str:
-    """The h5 group name of an ordered image pair."""
-    return f"{feature_key(name0)} {feature_key(name1)}"
+    """The h5 group of an ordered image pair: hloc's ``names_to_pair`` ("a/b.png", "c.png" -> "a-b.png/c.png")."""
+    if not name0 or not name1:
+        raise ValueError(f"image names must be non-empty strings, got {name0!r} and {name1!r}")
+    return f"{name0.replace('/', '-')}/{name1.replace('/', '-')}"
 
 
 def _open(path: str | os.PathLike, mode: str):  # -> h5py.File
@@ -57,14 +53,8 @@ def _open(path: str | os.PathLike, mode: str):  # -> h5py.File
 
 def write_features(path: str | os.PathLike, name: str, features: Features) -> None:
     """Store ``features`` under image ``name`` (replacing an existing entry)."""
-    key = feature_key(name)
     with _open(path, "a") as f:
-        if key in f:
-            del f[key]
-        g = f.create_group(key)
-        for k, v in features.to_dict().items():
-            g.create_dataset(k, data=v)
-        g.attrs["name"] = name
+        write_h5(f, name, features)
 
 
 def has_features(path: str | os.PathLike, name: str) -> bool:
@@ -72,7 +62,8 @@ def has_features(path: str | os.PathLike, name: str) -> bool:
     if not Path(path).is_file():
         return False
     with _open(path, "r") as f:
-        return feature_key(name) in f
+        g = f.get(name)
+        return g is not None and hasattr(g, "keys") and "keypoints" in g
 
 
 def list_features(path: str | os.PathLike) -> list[str]:
@@ -80,7 +71,7 @@ def list_features(path: str | os.PathLike) -> list[str]:
     if not Path(path).is_file():
         return []
     with _open(path, "r") as f:
-        return sorted(str(f[k].attrs["name"]) for k in f)
+        return h5_names(f)
 
 
 def read_features(path: str | os.PathLike, name: str) -> Features:
@@ -91,34 +82,36 @@ def read_features(path: str | os.PathLike, name: str) -> Features:
         KeyError: the file has no features for ``name``.
     """
     with _open(path, "r") as f:
-        key = feature_key(name)
-        if key not in f:
-            raise KeyError(f"no features for image {name!r} in {path}")
-        g = f[key]
-        return Features(
-            g["keypoints"][()],
-            g["scores"][()],
-            g["descriptors"][()],
-            tuple(int(v) for v in g["image_size"][()]),  # type: ignore[arg-type]
-        )
+        return read_h5(f, name)
 
 
-def write_matches(path: str | os.PathLike, name0: str, name1: str, pairs: np.ndarray, distances: np.ndarray) -> None:
-    """Store matches of (name0, name1): ``pairs`` int [K,2] (index in name0, index in name1), ``distances`` [K]."""
+def write_matches(
+    path: str | os.PathLike, name0: str, name1: str, pairs: np.ndarray, distances: np.ndarray, num0: int
+) -> None:
+    """Store matches of (name0, name1): ``pairs`` int [K,2] (index in name0, index in name1), ``distances`` [K],
+    ``num0`` the number of keypoints of name0 (the length of hloc's ``matches0``)."""
     pairs = np.asarray(pairs)
     distances = np.asarray(distances)
     if pairs.ndim != 2 or pairs.shape[1] != 2 or distances.shape != (pairs.shape[0],):
         raise ValueError(
             f"matches must be [K,2] with distances [K], got {list(pairs.shape)} and {list(distances.shape)}"
         )
+    if len(pairs) and not (0 <= pairs[:, 0].min() and pairs[:, 0].max() < num0):
+        raise ValueError(
+            f"match indices of {name0!r} must be in [0, {num0}), got {pairs[:, 0].min()}..{pairs[:, 0].max()}"
+        )
+    matches0 = np.full(num0, -1, np.int32)
+    dist0 = np.full(num0, np.nan, np.float32)
+    matches0[pairs[:, 0]] = pairs[:, 1]
+    dist0[pairs[:, 0]] = distances
     key = pair_key(name0, name1)
     with _open(path, "a") as f:
         if key in f:
             del f[key]
         g = f.create_group(key)
-        g.create_dataset("matches", data=pairs.astype(np.int64))
-        g.create_dataset("distances", data=distances.astype(np.float32))
-        g.attrs["name0"], g.attrs["name1"] = name0, name1
+        g.create_dataset("matches0", data=matches0)
+        g.create_dataset("matching_scores0", data=np.where(matches0 >= 0, 1.0 / (1.0 + dist0), 0.0).astype(np.float32))
+        g.create_dataset("distances0", data=dist0)
 
 
 def has_matches(path: str | os.PathLike, name0: str, name1: str) -> bool:
@@ -144,6 +137,13 @@ def read_matches(path: str | os.PathLike, name0: str, name1: str) -> tuple[np.nd
             key, swap = pair_key(name1, name0), True
             if key not in f:
                 raise KeyError(f"no matches for pair ({name0!r}, {name1!r}) in {path}")
-        m = f[key]["matches"][()].astype(np.int64).reshape(-1, 2)
-        d = f[key]["distances"][()].astype(np.float32).reshape(-1)
-    return (m[:, ::-1].copy() if swap else m), d
+        matches0 = f[key]["matches0"][()].astype(np.int64).reshape(-1)
+        dist0 = f[key]["distances0"][()].astype(np.float32).reshape(-1)
+    idx = np.flatnonzero(matches0 >= 0)
+    m = np.stack([idx, matches0[idx]], 1).astype(np.int64).reshape(-1, 2)
+    d = dist0[idx]
+    if swap:  # sorted by the first index of the asked order, as matchers return them
+        m = m[:, ::-1]
+        order = np.argsort(m[:, 0], kind="stable")
+        m, d = m[order], d[order]
+    return np.ascontiguousarray(m), d

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from zippy import DEFAULT_NMS_RADIUS
+from zippy.config import ExtractorConfig
 from zippy.features import Features
 from zippy.threads import set_threads
 from zippy_eval.localization import features_h5
@@ -36,7 +36,6 @@ from zippy_eval.localization.localize import LocalizationResult, LocalizeOptions
 from zippy_eval.localization.mapping import MappingOptions, map_stats, reconstruct, triangulate
 from zippy_eval.localization.pairs import pairs_exhaustive, pairs_from_retrieval, pairs_to, write_pairs
 from zippy_eval.localization.poses import Pose, pose_error, recall_at, write_poses
-from zippy_eval.methods import extraction_tag
 
 __all__ = [
     "THRESHOLDS",
@@ -66,10 +65,8 @@ class LocalizationConf:
         resize_max: images whose larger side exceeds this are downscaled for extraction (0: never);
             keypoints are scaled back to original pixels.
         weights: method name -> weights file (None entries: default weights).
-        engine: zippy engine ("auto", "int8", "fp32", "onnx").
-        scales: zippy image-pyramid scales (``zippy.load``; other methods ignore them).
-        shifts: zippy grid shifts (dx, dy) (``zippy.load``; other methods ignore them).
-        nms_radius: zippy keypoint NMS radius in px (``zippy.load``; other methods ignore it).
+        extractor: options of the zippy methods (:class:`zippy.ExtractorConfig`: engine, scales, shifts,
+            nms_radius; its name and weights are each method's own); other methods ignore them.
         mapping: "auto" (triangulate from known poses, SfM otherwise; SfM for leave-one-out),
             "triangulate" or "sfm".
         pairs: "exhaustive" or "retrieval" (query / map pairs ranked by the match count of the
@@ -92,10 +89,7 @@ class LocalizationConf:
     max_keypoints: int = 2048
     resize_max: int = 1024
     weights: dict[str, str | None] = field(default_factory=dict)
-    engine: str = "auto"
-    scales: tuple[float, ...] = (1.0,)
-    shifts: tuple[tuple[int, int], ...] = ((0, 0),)
-    nms_radius: float = DEFAULT_NMS_RADIUS
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
     mapping: str = "auto"
     pairs: str = "exhaustive"
     num_neighbors: int = 10
@@ -129,7 +123,9 @@ class LocalizationConf:
     def protocol(self) -> dict[str, Any]:
         """What determines the numbers, for summary.json."""
         d = asdict(self)
+        d.update(self.extractor.options())  # engine, scales, shifts, nms_radius at the top level
         d.pop("overwrite")
+        d.pop("extractor")
         d.pop("verbose")
         d["matcher"] = "mutual nearest neighbour (Hamming for binary, L2 for float), zippy.matching"
         d["verification"] = "COLMAP two-view geometry (pycolmap.geometric_verification)"
@@ -146,15 +142,9 @@ def slug(text: str) -> str:
 
 
 def method_tag(method: Any, conf: Any) -> str:
-    """Cache folder of a method: name, version, budget, resize, weights hash, engine (stale caches never reused)."""
-    info = method.info()
-    parts = [method.name, str(info.get("version", "")), f"k{conf.max_keypoints}", f"r{conf.resize_max}"]
-    if info.get("weights_sha256"):
-        parts.append(str(info["weights_sha256"])[:12])
-    engine = (info.get("params") or {}).get("engine")
-    if engine:
-        parts.append(str(engine))
-    return slug("-".join(parts + extraction_tag(info.get("params") or {})))
+    """Cache folder of a method: its cache key (name, version, weights hash, engine, extraction options), budget and
+    resize (stale caches never reused)."""
+    return slug(f"{method.cache_key()}-k{conf.max_keypoints}-r{conf.resize_max}")
 
 
 def _resize_factor(size: tuple[int, int], resize_max: int) -> float:
@@ -223,11 +213,11 @@ def extract_resized(method: Any, rgb: np.ndarray, max_keypoints: int, resize_max
 
 
 def _match_pair(f0: Any, f1: Any) -> tuple[np.ndarray, np.ndarray]:
-    from zippy_eval.methods import match_features
+    import zippy
 
     if len(f0) == 0 or len(f1) == 0:
         return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
-    return match_features(f0, f1, mutual=True)
+    return zippy.match(f0, f1, mutual=True)
 
 
 def match(pairs: Sequence[tuple[str, str]], features_path: Path, matches_path: Path, overwrite: bool = False) -> Path:
@@ -246,7 +236,7 @@ def match(pairs: Sequence[tuple[str, str]], features_path: Path, matches_path: P
 
     for a, b in tqdm(todo, desc="match", unit="pair", leave=False, disable=not todo):
         m, d = _match_pair(feats(a), feats(b))
-        features_h5.write_matches(matches_path, a, b, m, d)
+        features_h5.write_matches(matches_path, a, b, m, d, len(feats(a)))
     return matches_path
 
 

@@ -454,8 +454,8 @@ class OnnxNet:
         so.intra_op_num_threads = int(threads or torch.get_num_threads())
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        self.session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-        names = [o.name for o in self.session.get_outputs()]
+        self.ort_session = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in self.ort_session.get_outputs()]
         if sorted(names) != sorted(OUTPUTS):
             raise ValueError(f"ONNX graph outputs {names}, expected {list(OUTPUTS)}")
 
@@ -464,7 +464,7 @@ class OnnxNet:
             raise ValueError(f"expected float [B, 3, H, W], got {x.dtype} {list(x.shape)}")
         if x.shape[-2] % 8 or x.shape[-1] % 8:
             raise ValueError(f"input size must be a multiple of 8, got {x.shape[-1]}x{x.shape[-2]}")
-        out = self.session.run(list(OUTPUTS), {INPUT: x.detach().float().contiguous().numpy()})
+        out = self.ort_session.run(list(OUTPUTS), {INPUT: x.detach().float().contiguous().numpy()})
         return {k: torch.from_numpy(v) for k, v in zip(OUTPUTS, out)}
 
 

@@ -16,7 +16,7 @@ from zippy.train.data import AugmentConfig, HomographyPairs
 
 __all__ = ["VALIDATION_PHOTOMETRY", "ValidationSet", "validate"]
 
-# the validation pairs' photometric ranges: the training defaults of sessions 1-6, kept so that the
+# the validation pairs' photometric ranges: the first training recipe's defaults, kept so that the
 # quick validation of every run is made on the same pairs
 VALIDATION_PHOTOMETRY = {"brightness": 0.3, "gamma": 0.0, "channel_gain": 0.0, "shade": 0.0}
 
@@ -44,8 +44,8 @@ def validate(
 
     The model is used in eval mode and restored to its previous mode afterwards.
     """
+    import zippy
     from zippy.extractor import Extractor
-    from zippy.matching import match_hamming, match_l2
 
     was_training = model.training
     ex = Extractor(model, engine="fp32")
@@ -54,8 +54,7 @@ def validate(
         for img0, img1, H in vset.pairs:
             f0 = ex.extract(img0, max_keypoints)
             f1 = ex.extract(img1, max_keypoints)
-            match = match_hamming if ex.binary else match_l2
-            pairs, _ = match(f0.descriptors, f1.descriptors, mutual=True)
+            pairs, _ = zippy.match(f0, f1, mutual=True)
             k0, k1 = f0.keypoints[pairs[:, 0]], f1.keypoints[pairs[:, 1]]
             err = np.linalg.norm(warp_points(k0, H) - k1, axis=1) if len(pairs) else np.zeros(0)
             mma.append(float((err <= px).mean()) if len(pairs) else 0.0)

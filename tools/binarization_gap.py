@@ -13,8 +13,8 @@ Everything else is the HPatches protocol of ``zippy eval hpatches`` (mutual near
 
 Usage::
 
-    python -m zippy_eval.binarization_gap /work/data/hpatches_like_dev --weights weights/zippypoint.pt \\
-        --scales 1.41,1 --out results/binarization_gap/s11
+    python tools/binarization_gap.py ../shared/data/hpatches_like_dev --model zippypoint \\
+        --scales 1.41,1 --out results/binarization_gap/latest
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from zippy.config import ExtractorConfig
 from zippy.features import Features
 
 logger = logging.getLogger(__name__)
@@ -60,24 +61,22 @@ def descriptor_variant(feats: Features, variant: str) -> Features:
 
 def run(
     dataset_dir: str | os.PathLike,
-    weights: str | os.PathLike,
+    config: ExtractorConfig,
     output_dir: str | os.PathLike,
     *,
     setting: str = "480x640:1000",
-    scales: Sequence[float] = (1.0,),
-    shifts: Sequence[Sequence[int]] = ((0, 0),),
     ones: Sequence[int] = (32, 64, 96, 128),
-    engine: str = "auto",
     include: Sequence[str] | None = None,
     threads: int | None = 1,
 ) -> Path:
     """Evaluate the float and k-ones variants of one network's descriptors; returns the summary.json path.
 
     Args:
-        dataset_dir: an HPatches-layout folder. weights: a binary network's weights file.
+        dataset_dir: an HPatches-layout folder. config: the extractor of a binary network (its weights, engine,
+            scales, shifts, NMS radius).
         output_dir: result folder (created): summary.json, table.md.
-        setting: "HxW:top_k" as in ``zippy eval hpatches``. scales: image-pyramid scales. shifts: grid shifts.
-        ones: the k values to binarize with (each in (0, D)). engine: zippy engine.
+        setting: "HxW:top_k" as in ``zippy eval hpatches``.
+        ones: the k values to binarize with (each in (0, D)).
         include: glob patterns on sequence names (None: all). threads: torch / OpenCV threads.
 
     Raises:
@@ -97,7 +96,8 @@ def run(
     if threads is not None:
         set_threads(threads)
     st = Setting.parse(setting)
-    extractor = zippy.load("zippypoint", weights=weights, engine=engine, scales=scales, shifts=shifts)
+    extractor = zippy.load(config)
+    weights = extractor.weights_path
     if not extractor.binary:
         raise ValueError(f"{weights} holds a float-descriptor network ({extractor.name}); nothing to binarize")
     dim = extractor.cfg.desc_dim
@@ -109,10 +109,7 @@ def run(
     conf = HPatchesConfig(
         methods=tuple(variants),
         settings=(st,),
-        engine=engine,
-        scales=extractor.scales,
-        shifts=extractor.shifts,
-        nms_radius=extractor.nms_radius,
+        extractor=extractor.config,
         include=tuple(include) if include else None,
         threads=threads,
     )
@@ -169,17 +166,14 @@ def _table(aggregates: dict[str, Any], variants: Sequence[str], own_ones: int) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zippy_apps.eval_args import add_scales_option, add_shifts_option
+    from zippy.config import ExtractorConfig, add_extractor_arguments
 
-    p = argparse.ArgumentParser(prog="python -m zippy_eval.binarization_gap", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python tools/binarization_gap.py", description=__doc__.splitlines()[0])
     p.add_argument("dataset", help="HPatches-layout folder")
-    p.add_argument("--weights", required=True, help="weights of a binary network (e.g. weights/zippypoint.pt)")
     p.add_argument("--out", required=True, help="result folder")
     p.add_argument("--setting", default="480x640:1000", help="HxW:top_k (default 480x640:1000)")
-    add_scales_option(p)
-    add_shifts_option(p)
+    add_extractor_arguments(p)
     p.add_argument("--ones", default="32,64,96,128", help="k values, comma separated (default 32,64,96,128)")
-    p.add_argument("--engine", default="auto", help="zippy engine (default auto)")
     p.add_argument("--include", action="append", default=None, help="glob on sequence names (repeatable)")
     p.add_argument("--threads", type=int, default=1, help="torch / OpenCV threads (default 1)")
     args = p.parse_args(argv)
@@ -190,13 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--ones takes integers, comma separated: {e}")
     path = run(
         args.dataset,
-        args.weights,
+        ExtractorConfig.from_args(args),
         args.out,
         setting=args.setting,
-        scales=args.scales,
-        shifts=args.shifts,
         ones=ones,
-        engine=args.engine,
         include=args.include,
         threads=args.threads,
     )

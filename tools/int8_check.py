@@ -7,7 +7,7 @@ the same budget of keypoints; a reference keypoint counts as found when the int8
 
 Usage::
 
-    python -m zippy_eval.int8_check --weights runs/zippypoint/weights.pt --out results/int8_check/s2
+    python tools/int8_check.py --weights runs/zippypoint/weights.pt --out results/int8_check/s2
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ reports pairs per second. Writes ``results/bench_train/<tag>/summary.json`` and 
 
 Usage::
 
-    python -m zippy_eval.bench_train --images ../shared/data/train_images --steps 3 --threads 1
+    python tools/bench_train.py --images ../shared/data/train_images --steps 3 --threads 1
 """
 
 from __future__ import annotations

@@ -13,8 +13,7 @@ Writes ``summary.json``, ``summary.md`` (stage table and the slowest layers) and
 
 Usage::
 
-    zippy bench profile --sizes 240x320,480x640 --frames 8 --out results/profile_int8/s4
-    python -m zippy_eval.profile_int8 ...  # the same
+    python tools/profile_int8.py --sizes 240x320,480x640 --frames 8 --out results/profile_int8/latest
 """
 
 from __future__ import annotations
@@ -315,7 +314,7 @@ def _sizes(text: str) -> list[tuple[int, int]]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``python -m zippy_eval.profile_int8`` and ``zippy bench profile``."""
+    """Options of ``python tools/profile_int8.py``."""
     p.add_argument("--weights", default=None, help="zippypoint weights (default: the shipped ones)")
     p.add_argument("--sizes", type=_sizes, default=[(240, 320), (480, 640)], help="HxW[,HxW...]")
     p.add_argument("--frames-dir", default=str(FRAMES), help="folder of real frames (default: the TUM sequence)")

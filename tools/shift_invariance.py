@@ -16,7 +16,7 @@ Writes ``summary.json`` (per-image rows, per-shift means) and ``table.md``.
 
 Usage::
 
-    python -m zippy_eval.shift_invariance /work/data/hpatches_like_dev --methods zippypoint,orb_teblid \\
+    python tools/shift_invariance.py ../shared/data/hpatches_like_dev --methods zippypoint,orb_teblid \\
         --include 'i_bsds500_test_2*' --out results/shift_invariance/s12
 """
 
@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from zippy.config import ExtractorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +74,7 @@ def run(
     *,
     methods: Sequence[str] = ("zippypoint", "orb_teblid"),
     weights: dict[str, str] | None = None,
-    scales: Sequence[float] = (1.0,),
-    shifts: Sequence[Sequence[int]] = ((0, 0),),
+    extractor: ExtractorConfig | None = None,
     setting: str = "480x640:1000",
     max_shift: int = 8,
     include: Sequence[str] | None = None,
@@ -85,7 +86,7 @@ def run(
         dataset_dir: an HPatches-layout folder (image 1 of each sequence is used).
         output_dir: result folder (created): summary.json, table.md.
         methods: method names (``zippy_eval.methods``). weights: method -> weights file.
-        scales, shifts: zippy image pyramid and grid shifts (``zippy.load``; other methods ignore them).
+        extractor: options of the zippy methods (engine, image pyramid, grid shifts, NMS; others ignore them).
         setting: "HxW:top_k" as in ``zippy eval hpatches``. max_shift: largest shift in px (>= 1).
         include: glob patterns on sequence names (None: all). threads: torch / OpenCV threads.
 
@@ -94,11 +95,12 @@ def run(
     """
     from tqdm import tqdm
 
+    import zippy
     from zippy.image import read_image, resize_image
     from zippy.threads import set_threads
     from zippy_eval.hpatches.dataset import load_hpatches
     from zippy_eval.hpatches.pipeline import Setting
-    from zippy_eval.methods import get_method, match_features
+    from zippy_eval.methods import get_method
     from zippy_eval.results import write_summary, write_text
 
     if max_shift < 1:
@@ -107,10 +109,7 @@ def run(
         set_threads(threads)
     st = Setting.parse(setting)
     weights = dict(weights or {})
-    built = {
-        m: get_method(m, weights=weights.get(m), scales=tuple(scales), shifts=tuple(map(tuple, shifts)))
-        for m in methods
-    }
+    built = {m: get_method(m, weights=weights.get(m), extractor=extractor) for m in methods}
     dataset = load_hpatches(dataset_dir, include=tuple(include) if include else None)
     offsets = list(range(max_shift + 1))
     rows: list[dict[str, Any]] = []
@@ -122,7 +121,7 @@ def run(
             for s in offsets:
                 moved = np.ascontiguousarray(big[:, max_shift - s : max_shift - s + st.width])
                 f1 = f0 if s == 0 else method.extract(moved, st.max_keypoints)
-                pairs, _ = match_features(f0, f1)
+                pairs, _ = zippy.match(f0, f1)
                 metrics = shift_pair_metrics(f0.keypoints, f1.keypoints, pairs, s)
                 rows.append({"sequence": seq.name, "method": name, "shift": s, **metrics})
     means = {
@@ -172,15 +171,15 @@ def _table(means: dict[str, Any], offsets: Sequence[int]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from zippy_apps.eval_args import add_scales_option, add_shifts_option, add_weights_option, csv_list, method_weights
+    from zippy.config import add_extractor_arguments
+    from zippy_apps.eval_args import add_weights_option, csv_list, method_weights
 
-    p = argparse.ArgumentParser(prog="python -m zippy_eval.shift_invariance", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python tools/shift_invariance.py", description=__doc__.splitlines()[0])
     p.add_argument("dataset", help="HPatches-layout folder (image 1 of each sequence is used)")
     p.add_argument("--out", required=True, help="result folder")
     p.add_argument("--methods", type=csv_list, default=["zippypoint", "orb_teblid"], help="comma separated")
     add_weights_option(p)
-    add_scales_option(p)
-    add_shifts_option(p)
+    add_extractor_arguments(p, model=False)
     p.add_argument("--setting", default="480x640:1000", help="HxW:top_k (default 480x640:1000)")
     p.add_argument("--max-shift", type=int, default=8, help="largest shift in px (default 8)")
     p.add_argument("--include", action="append", default=None, help="glob on sequence names (repeatable)")
@@ -192,8 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out,
         methods=args.methods,
         weights=method_weights(args.weights),
-        scales=args.scales,
-        shifts=args.shifts,
+        extractor=ExtractorConfig.from_args(args),
         setting=args.setting,
         max_shift=args.max_shift,
         include=args.include,
