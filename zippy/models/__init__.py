@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 
 def default_config(backbone: str, **overrides: Any) -> ModelConfig:
-    """The default :class:`ModelConfig` of a registered backbone (its factory's ``defaults``), with overrides."""
-    d = {**get_factory(backbone).defaults, **overrides, "backbone": backbone}
+    """The default :class:`ModelConfig` of a registered backbone (its factory's ``config_defaults``), with overrides."""
+    d = {**get_factory(backbone).config_defaults, **overrides, "backbone": backbone}
     return ModelConfig.from_dict(d)
 
 

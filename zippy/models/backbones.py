@@ -87,7 +87,7 @@ class ZippyFastLayers(LayerFactory):
     """
 
     binary_descriptors = True
-    defaults: ClassVar[dict] = {"topology": "fast", "widths": (24, 64, 96), "feat_dim": 128}
+    config_defaults: ClassVar[dict] = {"topology": "fast", "widths": (24, 64, 96), "feat_dim": 128}
 
     def qconv(self, cin: int, cout: int, k: int, *, bias: bool = False) -> QConv2d:
         return QConv2d(cin, cout, k, padding=k // 2, bias=bias)

@@ -61,13 +61,13 @@ class LayerFactory:
     Attributes:
         name: registered name (set by the registry).
         binary_descriptors: True for 256-bit descriptors with k ones, False for L2-normalized floats.
-        defaults: ModelConfig fields of the backbone's default network (e.g. its topology and widths).
+        config_defaults: ModelConfig fields of the backbone's default network (e.g. its topology and widths).
     """
 
     name: ClassVar[str] = ""
     binary_descriptors: ClassVar[bool] = True
     # ModelConfig fields of this backbone's default network (see zippy.models.default_config)
-    defaults: ClassVar[dict] = {}
+    config_defaults: ClassVar[dict] = {}
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
