@@ -44,19 +44,46 @@ def load_extractor(args: argparse.Namespace):
 
 @dataclass
 class PairResult:
-    """Matches of two images and the homography fitted to them."""
+    """Matches of two images and the homography fitted to them, with the time of each step."""
 
     pairs: np.ndarray  # int64 [K, 2]
     H: np.ndarray | None  # float64 [3, 3] image0 -> image1
     inliers: np.ndarray  # bool [K]
+    warmup_ms: float = 0.0  # preparing the matcher (numba's compile / cache load; 0 for the compiled kernels)
+    match_ms: float = 0.0  # matching alone
+    ransac_ms: float = 0.0  # homography fit
 
 
-def match_and_fit(f0: Features, f1: Features, ransac_px: float = 3.0) -> PairResult:
-    """Mutual nearest-neighbour matching (Hamming or L2) and a RANSAC homography."""
+def matcher_description() -> str:
+    """The Hamming matcher that runs here, e.g. ``native (avx2)`` (see zippy.matching.backend)."""
+    from zippy.matching import backend
+
+    return backend()
+
+
+def match_and_fit(f0: Features, f1: Features, ransac_px: float = 3.0, timing_repeats: int = 1) -> PairResult:
+    """Mutual nearest-neighbour matching (Hamming or L2) and a RANSAC homography.
+
+    The matcher is prepared first (zippy.matching.warmup: numba compiles on a fresh install, the compiled
+    kernels need nothing), so that ``match_ms`` is matching time only: the median of ``timing_repeats``
+    identical calls (a single call of a millisecond is at the mercy of the scheduler on a busy machine).
+    """
+    import time
+
     from zippy.geometry import estimate_homography
-    from zippy.matching import match_hamming, match_l2
+    from zippy.matching import match_hamming, match_l2, warmup
 
+    t0 = time.perf_counter()
+    if f0.is_binary:
+        warmup()
+    t1 = time.perf_counter()
     match = match_hamming if f0.is_binary else match_l2
-    pairs, _ = match(f0.descriptors, f1.descriptors, mutual=True)
+    times = []
+    for _ in range(max(1, timing_repeats)):
+        t = time.perf_counter()
+        pairs, _ = match(f0.descriptors, f1.descriptors, mutual=True)
+        times.append(time.perf_counter() - t)
+    t2 = time.perf_counter()
     H, inl = estimate_homography(f0.keypoints[pairs[:, 0]], f1.keypoints[pairs[:, 1]], threshold=ransac_px)
-    return PairResult(pairs, H, inl)
+    t3 = time.perf_counter()
+    return PairResult(pairs, H, inl, 1e3 * (t1 - t0), 1e3 * float(np.median(times)), 1e3 * (t3 - t2))
