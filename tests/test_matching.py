@@ -544,3 +544,37 @@ def test_benchmark_helpers():
     times, results = _time_interleaved({"a": make("a"), "b": make("b")}, repeats=3, budget_s=10.0)
     assert [len(times["a"]), len(times["b"])] == [3, 3] and calls == {"a": 4, "b": 4}
     assert results["a"] == {(0, 0)}
+
+
+def test_benchmark_run_small(tmp_path):
+    """A tiny run of `zippy bench matcher`: identical pairs across methods, CPU flags, targets and tables."""
+    import json
+
+    from zippy_eval.bench_matcher import BenchMatcherConfig, run
+
+    methods = ("zippy_native", "zippy_avx2", "zippy_numpy", "cv2_hamming")  # unavailable ones are skipped
+    conf = BenchMatcherConfig(
+        sizes=(64, 200), threads=(1,), methods=methods, repeats=2, budget_s=1.0, measure_startup=False
+    )
+    summary = json.loads(run(conf, tmp_path).read_text())
+    assert summary["environment"]["cpu"]["machine"]
+    for agree in summary["workers"][0]["agreement"]:
+        others = [m for m in agree if m not in ("n", "reference")]
+        assert others and all(agree[m]["identical"] for m in others), agree
+    assert {r["method"] for r in summary["rows"]} == set(summary["protocol"]["methods"])
+    assert (tmp_path / "table.md").read_text().count("|") > 10 and (tmp_path / "bench_matcher.png").exists()
+
+
+def test_benchmark_scaling_and_cycles():
+    from zippy_eval.bench_matcher import _cycles, _scaling
+
+    rows = [
+        {"n": n, "method": "zippy_avx2", "threads": 1, "median_ms": ms, "min_ms": ms}
+        for n, ms in ((2000, 2.0), (10000, 52.0))
+    ]
+    (sc,) = _scaling(rows, (2000, 10000), (1,), ["zippy_avx2"])
+    assert sc["ratio"] == 26.0 and sc["n2_ratio"] == 25.0
+    workers = [{"rows": rows, "clock_ghz_before": 3.0, "clock_ghz_after": 3.0, "native_isa": "avx512"}]
+    c = _cycles(rows, workers)[0]
+    assert c["isa"] == "avx2" and c["cycles_per_pair"] == pytest.approx(2e-3 * 3e9 / 4e6)  # 1.5
+    assert c["fraction_of_bound"] == pytest.approx(1.0)
