@@ -541,8 +541,8 @@ def test_benchmark_helpers():
 
         return fn
 
-    times, results = _time_interleaved({"a": make("a"), "b": make("b")}, repeats=3, budget_s=10.0)
-    assert [len(times["a"]), len(times["b"])] == [3, 3] and calls == {"a": 4, "b": 4}
+    times, cpu, results = _time_interleaved({"a": make("a"), "b": make("b")}, repeats=3, budget_s=10.0)
+    assert [len(times["a"]), len(times["b"]), len(cpu["a"])] == [3, 3, 3] and calls == {"a": 4, "b": 4}
     assert results["a"] == {(0, 0)}
 
 
@@ -569,12 +569,12 @@ def test_benchmark_scaling_and_cycles():
     from zippy_eval.bench_matcher import _cycles, _scaling
 
     rows = [
-        {"n": n, "method": "zippy_avx2", "threads": 1, "median_ms": ms, "min_ms": ms}
+        {"n": n, "method": "zippy_avx2", "threads": 1, "median_ms": ms, "min_ms": ms, "cpu_median_ms": ms / 2}
         for n, ms in ((2000, 2.0), (10000, 52.0))
     ]
     (sc,) = _scaling(rows, (2000, 10000), (1,), ["zippy_avx2"])
-    assert sc["ratio"] == 26.0 and sc["n2_ratio"] == 25.0
+    assert sc["ratio"] == 26.0 and sc["ratio_cpu_time"] == 26.0 and sc["n2_ratio"] == 25.0
     workers = [{"rows": rows, "clock_ghz_before": 3.0, "clock_ghz_after": 3.0, "native_isa": "avx512"}]
     c = _cycles(rows, workers)[0]
     assert c["isa"] == "avx2" and c["cycles_per_pair"] == pytest.approx(2e-3 * 3e9 / 4e6)  # 1.5
-    assert c["fraction_of_bound"] == pytest.approx(1.0)
+    assert c["fraction_of_bound"] == pytest.approx(1.0) and c["fraction_of_bound_cpu_time"] == pytest.approx(2.0)

@@ -46,7 +46,12 @@
 #endif
 
 #define BIG (1 << 30)
-#define CBLOCK 2048 /* columns per packed block: 128 KiB (avx2) / 64 KiB (avx512) of packed words */
+#ifndef CB2
+#define CB2 2048 /* avx2: columns per packed block (64 bytes each for 256-bit descriptors) */
+#endif
+#ifndef CB5
+#define CB5 2048 /* avx512: columns per packed block (32 bytes each) */
+#endif
 #define WCHUNK 16   /* avx2: 32-bit words summed as bytes before widening (16 * 8 <= 255) */
 /* Tiles (rows x column vectors), chosen by measurement on Zen 4 (N = 2000, 256-bit, cycles per pair):
    avx2 6 x 1: 2.1, against 2.2 (8 x 1), 2.4 (4 x 1) and 2.8 (4 x 2: GCC spills accumulators);
@@ -131,48 +136,83 @@ static inline void knn_insert(int32_t *topd, int32_t *topi, int64_t k, int32_t d
 }
 
 /* ------------------------------------------------------------------------------------- scalar paths */
+/* Portable kernel (also the x86 POPCNT path): row by row, the distances to a tile of STILE
+   columns (64-bit words, tile stored word-major so the column loop is contiguous and can vectorise) go
+   to a small buffer, then reduce as the SIMD paths: first minimum per row (+ second), per column. */
+#define STILE 512
+
 #define SCALAR_BODY                                                                                        \
-    int64_t nw = (job->nbytes + 7) / 8;                                                                    \
-    uint64_t *a = zalloc((size_t)(job->n0 * nw) * 8), *b = zalloc((size_t)(job->n1 * nw) * 8);            \
-    if (!a || !b) {                                                                                        \
+    int64_t nw = (job->nbytes + 7) / 8, k = job->k;                                                        \
+    uint64_t *a = zalloc((size_t)(job->n0 * nw) * 8), *bt = zalloc((size_t)(nw * STILE) * 8);             \
+    int32_t *buf = zalloc((size_t)STILE * 4);                                                              \
+    if (!a || !bt || !buf) {                                                                               \
         free(a);                                                                                           \
-        free(b);                                                                                           \
+        free(bt);                                                                                          \
+        free(buf);                                                                                         \
         return -1;                                                                                         \
     }                                                                                                      \
     for (int64_t i = 0; i < job->n0; i++) memcpy((uint8_t *)(a + i * nw), job->d0 + i * job->nbytes, job->nbytes); \
-    for (int64_t j = 0; j < job->n1; j++) memcpy((uint8_t *)(b + j * nw), job->d1 + j * job->nbytes, job->nbytes); \
-    for (int64_t i = 0; i < job->n0; i++) {                                                                \
-        const uint64_t *x = a + i * nw;                                                                    \
-        int32_t best = BIG, second = BIG, bi = -1;                                                         \
-        int32_t *td = job->topd ? job->topd + i * job->k : NULL, *ti = job->topi ? job->topi + i * job->k : NULL; \
-        for (int64_t j = 0; j < job->n1; j++) {                                                            \
-            const uint64_t *y = b + j * nw;                                                                \
-            int32_t d = 0;                                                                                 \
-            for (int64_t w = 0; w < nw; w++) d += (int32_t)__builtin_popcountll(x[w] ^ y[w]);               \
-            if (td) {                                                                                      \
-                knn_insert(td, ti, job->k, d, (int32_t)j);                                                 \
-                continue;                                                                                  \
-            }                                                                                              \
-            if (d < best) {                                                                                \
-                second = best;                                                                             \
-                best = d;                                                                                  \
-                bi = (int32_t)j;                                                                           \
-            } else if (d < second) {                                                                       \
-                second = d;                                                                                \
-            }                                                                                              \
-            if (job->want_cols && d < job->cd[j]) {                                                        \
-                job->cd[j] = d;                                                                            \
-                job->ci[j] = (int32_t)i;                                                                   \
+    for (int64_t j0 = 0; j0 < job->n1; j0 += STILE) {                                                      \
+        int64_t len = job->n1 - j0 < STILE ? job->n1 - j0 : STILE;                                         \
+        for (int64_t c = 0; c < len; c++) {                                                                \
+            uint64_t tmp[8];                                                                               \
+            for (int64_t w0 = 0; w0 < nw; w0 += 8) {                                                       \
+                int64_t b0 = w0 * 8, nb = job->nbytes - b0 < 64 ? job->nbytes - b0 : 64;                  \
+                memset(tmp, 0, sizeof tmp);                                                                \
+                memcpy(tmp, job->d1 + (j0 + c) * job->nbytes + b0, nb);                                    \
+                for (int64_t w = w0; w < nw && w < w0 + 8; w++) bt[w * STILE + c] = tmp[w - w0];           \
             }                                                                                              \
         }                                                                                                  \
-        if (!td) {                                                                                         \
-            job->rd[i] = best;                                                                             \
-            job->ri[i] = bi;                                                                               \
-            job->rs[i] = job->want_second ? second : BIG;                                                  \
+        for (int64_t i = 0; i < job->n0; i++) {                                                            \
+            const uint64_t *x = a + i * nw;                                                                \
+            if (nw == 4) {                                                                                 \
+                const uint64_t x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];                                 \
+                const uint64_t *c0 = bt, *c1 = bt + STILE, *c2 = bt + 2 * STILE, *c3 = bt + 3 * STILE;     \
+                for (int64_t c = 0; c < len; c++)                                                          \
+                    buf[c] = (int32_t)(__builtin_popcountll(x0 ^ c0[c]) + __builtin_popcountll(x1 ^ c1[c]) + \
+                                       __builtin_popcountll(x2 ^ c2[c]) + __builtin_popcountll(x3 ^ c3[c])); \
+            } else {                                                                                       \
+                for (int64_t c = 0; c < len; c++) buf[c] = 0;                                              \
+                for (int64_t w = 0; w < nw; w++) {                                                         \
+                    const uint64_t xw = x[w], *cw = bt + w * STILE;                                        \
+                    for (int64_t c = 0; c < len; c++) buf[c] += (int32_t)__builtin_popcountll(xw ^ cw[c]); \
+                }                                                                                          \
+            }                                                                                              \
+            int32_t dmin = BIG;                                                                            \
+            for (int64_t c = 0; c < len; c++) dmin = buf[c] < dmin ? buf[c] : dmin;                        \
+            if (job->topd) {                                                                               \
+                int32_t *td = job->topd + i * k, *ti = job->topi + i * k;                                  \
+                if (dmin < td[k - 1])                                                                      \
+                    for (int64_t c = 0; c < len; c++)                                                      \
+                        if (buf[c] < td[k - 1]) knn_insert(td, ti, k, buf[c], (int32_t)(j0 + c));          \
+                continue;                                                                                  \
+            }                                                                                              \
+            if (dmin < job->rd[i]) {                                                                       \
+                int64_t jb = 0;                                                                            \
+                while (buf[jb] != dmin) jb++;                                                              \
+                if (job->want_second) {                                                                    \
+                    int32_t s = job->rd[i];                                                                \
+                    for (int64_t c = 0; c < len; c++) s = (c != jb && buf[c] < s) ? buf[c] : s;            \
+                    job->rs[i] = s;                                                                        \
+                }                                                                                          \
+                job->rd[i] = dmin;                                                                         \
+                job->ri[i] = (int32_t)(j0 + jb);                                                           \
+            } else if (job->want_second && dmin < job->rs[i]) {                                            \
+                job->rs[i] = dmin;                                                                         \
+            }                                                                                              \
+            if (job->want_cols) {                                                                          \
+                int32_t *cd = job->cd + j0, *ci = job->ci + j0, ii = (int32_t)i;                           \
+                for (int64_t c = 0; c < len; c++) {                                                        \
+                    int better = buf[c] < cd[c];                                                           \
+                    cd[c] = better ? buf[c] : cd[c];                                                       \
+                    ci[c] = better ? ii : ci[c];                                                           \
+                }                                                                                          \
+            }                                                                                              \
         }                                                                                                  \
     }                                                                                                      \
     free(a);                                                                                               \
-    free(b);                                                                                               \
+    free(bt);                                                                                              \
+    free(buf);                                                                                             \
     return 0;
 
 static int run_generic(job_t *job) { SCALAR_BODY }
@@ -321,8 +361,8 @@ AVX2_INLINE void broadcast_rows(const uint32_t *Q, int64_t i0, int R, int64_t W,
 
 AVX2_INLINE void sweep_avx2(const job_t *job, const uint32_t *Q, uint32_t *P, uint32_t *QB, const int64_t W,
                             int knn, int32_t *state) {
-    for (int64_t j0 = 0; j0 < job->n1; j0 += CBLOCK) {
-        int64_t len = job->n1 - j0 < CBLOCK ? job->n1 - j0 : CBLOCK;
+    for (int64_t j0 = 0; j0 < job->n1; j0 += CB2) {
+        int64_t len = job->n1 - j0 < CB2 ? job->n1 - j0 : CB2;
         int64_t groups = (len + 7) / 8;
         pack_cols_nib(job, j0, len, W, P);
         int64_t i = 0;
@@ -352,7 +392,7 @@ AVX2 static void sweep_avx2_any(const job_t *job, const uint32_t *Q, uint32_t *P
 static int run_avx2(job_t *job, int knn) {
     int64_t W = (job->nbytes + 3) / 4;
     uint32_t *Q = zalloc((size_t)(job->n0 * W * 2) * 4);
-    uint32_t *P = zalloc((size_t)(CBLOCK * W * 2) * 4);
+    uint32_t *P = zalloc((size_t)(CB2 * W * 2) * 4);
     uint32_t *QB = zalloc((size_t)(RT * W * 16) * 4);
     int32_t *state = knn ? NULL : zalloc((size_t)(job->n0 * 24) * 4);
     if (!Q || !P || !QB || (!knn && !state)) {
@@ -460,8 +500,8 @@ AVX512_INLINE void tile_avx512(const job_t *job, const uint32_t *Q, const uint32
 
 AVX512_INLINE void sweep_avx512(const job_t *job, const uint32_t *Q, uint32_t *P, const int64_t W, int knn,
                                 int32_t *state) {
-    for (int64_t j0 = 0; j0 < job->n1; j0 += CBLOCK) {
-        int64_t len = job->n1 - j0 < CBLOCK ? job->n1 - j0 : CBLOCK;
+    for (int64_t j0 = 0; j0 < job->n1; j0 += CB5) {
+        int64_t len = job->n1 - j0 < CB5 ? job->n1 - j0 : CB5;
         int64_t groups = (len + 15) / 16;
         pack_cols_16(job, j0, len, W, P);
         int64_t i = 0;
@@ -487,7 +527,7 @@ AVX512 static void sweep_avx512_any(const job_t *job, const uint32_t *Q, uint32_
 static int run_avx512(job_t *job, int knn) {
     int64_t W = (job->nbytes + 3) / 4;
     uint32_t *Q = zalloc((size_t)(job->n0 * W) * 4);
-    uint32_t *P = zalloc((size_t)(CBLOCK * W) * 4);
+    uint32_t *P = zalloc((size_t)(CB5 * W) * 4);
     int32_t *state = knn ? NULL : zalloc((size_t)(job->n0 * 48) * 4);
     if (!Q || !P || (!knn && !state)) {
         free(Q);
