@@ -22,8 +22,9 @@ timed once). Speed-ups are ratios of times measured in the same run. Each worker
 clock the cores ran at (a chain of dependent additions, ``zippy._hamming.spin``) to turn the kernels'
 times into cycles per pair. Start-up: a fresh process imports ``zippy.matching`` and matches 1000 x 1000
 (what a user waits for); numba's first call is measured in a fresh process with an empty cache
-directory, then again with that cache filled. Environment variables such as ``NUMBA_CPU_NAME=haswell``
-or ``ZIPPY_MATCHER_ISA=avx2`` pass through to the workers.
+directory, then again with that cache filled (``--numba-compile``). ``--emulate-avx2`` runs every
+measurement process as an AVX2-only CPU would (:data:`AVX2_ENV`); other environment variables such as
+``ZIPPY_MATCHER_ISA`` pass through to the workers.
 
 Writes ``results/bench_matcher/<tag>/``: ``summary.json`` (protocol, environment with CPU model and
 flags, load average per worker, all timings, agreement checks, N^2 scaling, targets), ``table.md`` and
@@ -32,7 +33,7 @@ flags, load average per worker, all timings, agreement checks, N^2 scaling, targ
 Usage::
 
     zippy bench matcher --tag default
-    NUMBA_CPU_NAME=haswell zippy bench matcher --tag haswell
+    zippy bench matcher --tag avx2 --emulate-avx2    # as on an AVX2-only CPU (numba for Haswell, AVX2 kernels)
     python -m zippy_eval.bench_matcher --sizes 500 1000 2000 --threads 1
 """
 
@@ -95,6 +96,18 @@ TARGET_STARTUP_S = 0.5  # fresh process: import + first 1000 x 1000 match
 # on 4 vector ALU pipes (Zen 3 / Zen 4; VPSHUFB on 2 of them: 1 cycle), plus the reductions; AVX-512 spends
 # 3 zmm ops (XOR, VPOPCNTD, add) per 16 pairs and word, at 2 zmm ops per cycle (Zen 4).
 BOUND_CYCLES_PER_PAIR = {"avx2": 1.5, "avx512": 0.75}
+# --emulate-avx2: what an AVX2-only CPU (Zen 3, Haswell .. Alder Lake) runs. NUMBA_CPU_NAME alone keeps the host's
+# features (numba still emits AVX-512 VPOPCNTQ on an AVX-512 host): the feature list has to be given as well.
+HASWELL_FEATURES = (
+    "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,+lzcnt,+mmx,+movbe,+pclmul,+popcnt,"
+    "+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave"
+)
+AVX2_ENV = {
+    "NUMBA_CPU_NAME": "haswell",
+    "NUMBA_CPU_FEATURES": HASWELL_FEATURES,
+    "ZIPPY_MATCHER_ISA": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+}
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,8 @@ class BenchMatcherConfig:
         measure_startup: time a fresh process's import + first 1000 x 1000 match.
         numba_compile: also time numba's first call in fresh processes with an empty, then a filled cache
             (minutes on a busy machine: the fallback's compile, not what users of the compiled kernels wait for).
+        emulate_avx2: run every measurement process as on an AVX2-only CPU (:data:`AVX2_ENV`: numba compiles
+            for Haswell, the compiled kernels take their AVX2 path, oneDNN stops at AVX2).
     """
 
     sizes: tuple[int, ...] = (500, 1000, 2000, 5000, 10000)
@@ -121,6 +136,7 @@ class BenchMatcherConfig:
     seed: int = 0
     measure_startup: bool = True
     numba_compile: bool = False
+    emulate_avx2: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.methods) - set(METHODS))
@@ -323,6 +339,19 @@ def _available(name: str) -> str | None:
 ISA_ENV = "ZIPPY_MATCHER_ISA"
 
 
+def _numba_target() -> str | None:
+    """numba's code target in this process: CPU name, and whether its features include AVX-512."""
+    import importlib.util
+
+    if importlib.util.find_spec("numba") is None:
+        return None
+    import llvmlite.binding as ll
+
+    name = os.environ.get("NUMBA_CPU_NAME") or ll.get_host_cpu_name()
+    features = os.environ.get("NUMBA_CPU_FEATURES") or ll.get_host_cpu_features().flatten()
+    return f"{name} ({'with' if '+avx512f' in features else 'no'} AVX-512)"
+
+
 def _clock_ghz(repeats: int = 30) -> float | None:
     """The core clock now (GHz): the fastest of ``repeats`` chains of 8e6 dependent additions (x86-64 only)."""
     import platform
@@ -367,6 +396,7 @@ def _worker(conf: dict[str, Any], threads: int) -> dict[str, Any]:
         "loadavg_before": list(os.getloadavg()),
         "clock_ghz_before": _clock_ghz(),
         "native_isa": matching.native_isa(),
+        "numba_target": _numba_target(),
         "numba_warmup_s": warm,
         "rows": [],
     }
@@ -400,9 +430,99 @@ def _worker(conf: dict[str, Any], threads: int) -> dict[str, Any]:
                     union = len(ref | results[name]) or 1
                     agree[name] = {"identical": results[name] == ref, "jaccard": len(ref & results[name]) / union}
         out.setdefault("agreement", []).append(agree)
+        if conf.get("extra", True) and n <= EXTRA_MAX_N:
+            _time_extra(out, a, b, n, threads, methods, conf)
     out["loadavg_after"] = list(os.getloadavg())
     out["clock_ghz_after"] = _clock_ghz()
     return out
+
+
+EXTRA_MAX_N = 5000  # knn / guided timings up to this N
+GUIDED_RADIUS = 20.0  # px, keypoints spread over 640 x 480
+
+
+def _extra_fns(a: np.ndarray, b: np.ndarray, n: int, threads: int, methods: list[str]) -> dict[str, Callable[[], set]]:
+    """knn_hamming (k = 2) and match_guided per backend, with cv2's knnMatch(k = 2) as the baseline."""
+    from zippy import matching
+
+    rng = np.random.default_rng(n)
+    k0 = rng.uniform(0, 1, (n, 2)) * [640, 480]
+    k1 = rng.uniform(0, 1, (n, 2)) * [640, 480]
+
+    def knn(backend: str, isa: str | None = None) -> Callable[[], set]:
+        def fn() -> set:
+            old = os.environ.get(ISA_ENV)
+            if isa:
+                os.environ[ISA_ENV] = isa
+            try:
+                idx, _ = matching.knn_hamming(a, b, 2, backend=backend, threads=threads)
+            finally:
+                if isa and old is None:
+                    del os.environ[ISA_ENV]
+                elif isa:
+                    os.environ[ISA_ENV] = old
+            return set(zip(range(n), map(tuple, idx.tolist())))
+
+        return fn
+
+    def guided(native: bool) -> Callable[[], set]:
+        def fn() -> set:
+            saved = matching._native
+            if not native:
+                matching._native = False  # the numpy path of match_guided
+            try:
+                p, _ = matching.match_guided(a, b, k0, k1, GUIDED_RADIUS)
+            finally:
+                matching._native = saved
+            return set(map(tuple, p.tolist()))
+
+        return fn
+
+    def cv2_knn() -> set:
+        import cv2
+
+        ms = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a, b, k=2)
+        return {(row[0].queryIdx, tuple(m.trainIdx for m in row)) for row in ms}
+
+    fns: dict[str, Callable[[], set]] = {}
+    if "zippy_native" in methods:
+        fns["knn2_zippy_native"] = knn("native")
+        fns["guided_zippy_native"] = guided(True)
+    if "zippy_avx2" in methods:
+        fns["knn2_zippy_avx2"] = knn("native", "avx2")
+    if "zippy_numba" in methods:
+        fns["knn2_zippy_numba"] = knn("numba")
+    if "zippy_numpy" in methods:
+        fns["knn2_zippy_numpy"] = knn("numpy")
+        fns["guided_zippy_numpy"] = guided(False)
+    if "cv2_hamming" in methods:
+        fns["knn2_cv2"] = cv2_knn
+    return fns
+
+
+def _time_extra(out: dict[str, Any], a, b, n: int, threads: int, methods: list[str], conf: dict[str, Any]) -> None:
+    fns = _extra_fns(a, b, n, threads, methods)
+    if not fns:
+        return
+    times, cpu, results = _time_interleaved(fns, conf["repeats"], conf["budget_s"])
+    for name in fns:
+        out.setdefault("extra_rows", []).append(
+            {
+                "n": n,
+                "method": name,
+                "threads": threads,
+                "median_ms": float(np.median(times[name])),
+                "min_ms": float(np.min(times[name])),
+                "cpu_median_ms": float(np.median(cpu[name])),
+                "results": len(results[name]),
+            }
+        )
+    same = {}
+    for kind in ("knn2", "guided"):
+        names = [m for m in fns if m.startswith(kind)]
+        if names:
+            same[kind] = {m: results[m] == results[names[0]] for m in names[1:]}
+    out.setdefault("extra_agreement", []).append({"n": n, **same})
 
 
 STARTUP_CODE = """
@@ -421,14 +541,16 @@ json.dump({"import_s": t1 - t0, "first_match_s": t3 - t2, "backend": matching.ba
 """
 
 
-def _measure_startup() -> dict[str, Any]:
+def _measure_startup(env: dict[str, str]) -> dict[str, Any]:
     """A user's fresh process: import numpy + zippy.matching, then one 1000 x 1000 match (default backend).
 
     ``before_first_match_s`` = import + first match measured inside the process; ``process_s`` adds the
     interpreter's own start (measured from outside).
     """
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", STARTUP_CODE], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", STARTUP_CODE], env={**os.environ, **env}, capture_output=True, text=True, check=False
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"start-up probe failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -465,8 +587,8 @@ def _subprocess(mode: str, payload: dict[str, Any], env: dict[str, str]) -> dict
         return json.loads(out.read_text(encoding="utf-8"))
 
 
-def _measure_compile(threads: int) -> dict[str, Any]:
-    env = {k: str(threads) for k in THREAD_ENV}
+def _measure_compile(threads: int, extra_env: dict[str, str]) -> dict[str, Any]:
+    env = {**extra_env, **{k: str(threads) for k in THREAD_ENV}}
     with tempfile.TemporaryDirectory(prefix="numba_cache_") as cache:
         env["NUMBA_CACHE_DIR"] = cache
         cold = _subprocess("compile", {}, env)
@@ -651,15 +773,16 @@ def run(conf: BenchMatcherConfig, output_dir: str | os.PathLike) -> Path:
     startup = compile_info = None
     if conf.measure_startup:
         logger.info("measuring the start-up of a fresh process (import + first 1000 x 1000 match)")
-        startup = _measure_startup()
+        startup = _measure_startup(AVX2_ENV if conf.emulate_avx2 else {})
     if conf.numba_compile and "zippy_numba" in methods:
         logger.info("measuring numba compile time (fresh processes, empty cache)")
-        compile_info = _measure_compile(max(conf.threads))
+        compile_info = _measure_compile(max(conf.threads), AVX2_ENV if conf.emulate_avx2 else {})
     workers = []
     payload = {**asdict(conf), "methods": methods}
     for t in conf.threads:
         logger.info("worker with %d thread(s)", t)
-        workers.append(_subprocess("bench", {**payload, "threads": t}, {k: str(t) for k in THREAD_ENV}))
+        env = {**(AVX2_ENV if conf.emulate_avx2 else {}), **{k: str(t) for k in THREAD_ENV}}
+        workers.append(_subprocess("bench", {**payload, "threads": t}, env))
     rows = [r for w in workers for r in w["rows"]]
     targets = _targets(rows, conf.sizes, conf.threads[0])
     if startup is not None:
@@ -675,9 +798,26 @@ def run(conf: BenchMatcherConfig, output_dir: str | os.PathLike) -> Path:
                 "met_min_times": None,
             }
         )
+    extra_rows = [r for w in workers for r in w.get("extra_rows", [])]
     scaling = _scaling(rows, conf.sizes, conf.threads, methods)
     cycles = _cycles(rows, workers)
     table = _tables(rows, conf, methods)
+    if extra_rows:
+        names = list(dict.fromkeys(r["method"] for r in extra_rows))
+        sizes = sorted({r["n"] for r in extra_rows})
+        t0 = conf.threads[0]
+        body = [[n, *[_lookup(extra_rows, n, m, t0) for m in names]] for n in sizes]
+        table += (
+            f"knn_hamming (k = 2; cv2: BFMatcher.knnMatch k = 2) and match_guided (radius {GUIDED_RADIUS:g} px, "
+            f"keypoints uniform over 640 x 480; numpy = the path without the compiled kernels), median ms, {t0} "
+            "thread(s):\n\n"
+        )
+        table += markdown_table(["N", *names], body, ["d", *[".2f"] * len(names)]) + "\n\n"
+        for w in workers:
+            for agree in w.get("extra_agreement", []):
+                bad = [m for kind in ("knn2", "guided") for m, ok in agree.get(kind, {}).items() if not ok]
+                if bad:
+                    table += f"DIFFERENT results ({w['threads']} thr, N={agree['n']}): {bad}\n"
     if scaling:
         big = scaling[0]["n_large"]
         text_rows = [
@@ -749,7 +889,7 @@ def run(conf: BenchMatcherConfig, output_dir: str | os.PathLike) -> Path:
     table += markdown_table(
         ["target", "measured (medians)", "goal", "met", "measured (minima)", "met (minima)"],
         [
-            [t["target"], t["value"], t["goal"], _yes(t["met"]), t["value_min_times"], _yes(t["met_min_times"])]
+            [t["target"], t["value"], t["goal"], _yes(t["met"]), t["value_min_times"], _yes(t["met_min_times"], "-")]
             for t in targets
         ],
         ["s", ".2f", ".2f", "s", ".2f", "s"],
@@ -772,7 +912,8 @@ def run(conf: BenchMatcherConfig, output_dir: str | os.PathLike) -> Path:
     cpu = _cpu_info()
     table += (
         f"\nCPU: {cpu['model']} ({os.cpu_count()} logical CPUs; SIMD: {' '.join(cpu['simd_flags'])}); native ISA "
-        f"{workers[0].get('native_isa')}; NUMBA_CPU_NAME={os.environ.get('NUMBA_CPU_NAME', '(host)')}; "
+        f"{workers[0].get('native_isa')}; numba target {workers[0].get('numba_target')}"
+        f"{' (--emulate-avx2)' if conf.emulate_avx2 else ''}; "
         f"1-min load average before -> after each worker: {loads}.\n"
     )
     if skipped:
@@ -786,6 +927,7 @@ def run(conf: BenchMatcherConfig, output_dir: str | os.PathLike) -> Path:
             "float_descriptors": "float32 256-d standard normal, L2-normalised",
             "task": "mutual nearest neighbours of N x N (crossCheck), median of timed calls after a warm-up",
             "thread_env": list(THREAD_ENV),
+            "emulate_avx2_env": AVX2_ENV if conf.emulate_avx2 else None,
             "numba_cpu_name": os.environ.get("NUMBA_CPU_NAME"),
             "zippy_matcher_isa_env": os.environ.get(ISA_ENV),
         },
@@ -801,6 +943,7 @@ def run(conf: BenchMatcherConfig, output_dir: str | os.PathLike) -> Path:
         "compile": compile_info,
         "workers": [{k: v for k, v in w.items() if k != "rows"} for w in workers],
         "rows": rows,
+        "extra_rows": extra_rows,
         "scaling": scaling,
         "cycles": cycles,
         "bound_cycles_per_pair": BOUND_CYCLES_PER_PAIR,
@@ -813,8 +956,8 @@ def run(conf: BenchMatcherConfig, output_dir: str | os.PathLike) -> Path:
     return path
 
 
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "NO"
+def _yes(flag: bool | None, none: str = "NO") -> str:
+    return none if flag is None else "yes" if flag else "NO"
 
 
 def _version(dist: str) -> str | None:
@@ -898,6 +1041,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--numba-compile", action="store_true", help="also time numba's first call with an empty cache (slow)"
     )
+    parser.add_argument(
+        "--emulate-avx2",
+        action="store_true",
+        help="measure as on an AVX2-only CPU (numba for Haswell, ZIPPY_MATCHER_ISA=avx2, oneDNN AVX2)",
+    )
     parser.add_argument("--tag", default="default", help="results go to OUTPUT/TAG (default 'default')")
     parser.add_argument(
         "--output", default="results/bench_matcher", help="results root (default results/bench_matcher)"
@@ -917,6 +1065,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[BenchMatcherConfig, Path
         seed=args.seed,
         measure_startup=not args.no_startup,
         numba_compile=args.numba_compile,
+        emulate_avx2=args.emulate_avx2,
     )
     return conf, Path(args.output) / args.tag
 
