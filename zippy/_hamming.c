@@ -77,7 +77,15 @@ typedef struct {
     int want_second, want_cols;
     int32_t *rd, *ri, *rs, *cd, *ci; /* nn outputs */
     int32_t *topd, *topi;            /* knn outputs [n0, k] */
+    int64_t cb;                      /* columns per packed block (SIMD paths) */
 } job_t;
+
+/* Columns per packed block: ``base``, fewer for wide descriptors so a block stays <= 256 KiB. */
+static int64_t block_cols(int64_t base, int64_t bytes_per_col) {
+    int64_t cb = base;
+    while (cb > 16 && cb * bytes_per_col > (1 << 18)) cb /= 2;
+    return cb;
+}
 
 static void *zalloc(size_t bytes) {
     size_t size = (bytes + 63) / 64 * 64;
@@ -361,8 +369,8 @@ AVX2_INLINE void broadcast_rows(const uint32_t *Q, int64_t i0, int R, int64_t W,
 
 AVX2_INLINE void sweep_avx2(const job_t *job, const uint32_t *Q, uint32_t *P, uint32_t *QB, const int64_t W,
                             int knn, int32_t *state) {
-    for (int64_t j0 = 0; j0 < job->n1; j0 += CB2) {
-        int64_t len = job->n1 - j0 < CB2 ? job->n1 - j0 : CB2;
+    for (int64_t j0 = 0; j0 < job->n1; j0 += job->cb) {
+        int64_t len = job->n1 - j0 < job->cb ? job->n1 - j0 : job->cb;
         int64_t groups = (len + 7) / 8;
         pack_cols_nib(job, j0, len, W, P);
         int64_t i = 0;
@@ -392,7 +400,8 @@ AVX2 static void sweep_avx2_any(const job_t *job, const uint32_t *Q, uint32_t *P
 static int run_avx2(job_t *job, int knn) {
     int64_t W = (job->nbytes + 3) / 4;
     uint32_t *Q = zalloc((size_t)(job->n0 * W * 2) * 4);
-    uint32_t *P = zalloc((size_t)(CB2 * W * 2) * 4);
+    job->cb = block_cols(CB2, W * 8);
+    uint32_t *P = zalloc((size_t)(job->cb * W * 2) * 4);
     uint32_t *QB = zalloc((size_t)(RT * W * 16) * 4);
     int32_t *state = knn ? NULL : zalloc((size_t)(job->n0 * 24) * 4);
     if (!Q || !P || !QB || (!knn && !state)) {
@@ -500,8 +509,8 @@ AVX512_INLINE void tile_avx512(const job_t *job, const uint32_t *Q, const uint32
 
 AVX512_INLINE void sweep_avx512(const job_t *job, const uint32_t *Q, uint32_t *P, const int64_t W, int knn,
                                 int32_t *state) {
-    for (int64_t j0 = 0; j0 < job->n1; j0 += CB5) {
-        int64_t len = job->n1 - j0 < CB5 ? job->n1 - j0 : CB5;
+    for (int64_t j0 = 0; j0 < job->n1; j0 += job->cb) {
+        int64_t len = job->n1 - j0 < job->cb ? job->n1 - j0 : job->cb;
         int64_t groups = (len + 15) / 16;
         pack_cols_16(job, j0, len, W, P);
         int64_t i = 0;
@@ -527,7 +536,8 @@ AVX512 static void sweep_avx512_any(const job_t *job, const uint32_t *Q, uint32_
 static int run_avx512(job_t *job, int knn) {
     int64_t W = (job->nbytes + 3) / 4;
     uint32_t *Q = zalloc((size_t)(job->n0 * W) * 4);
-    uint32_t *P = zalloc((size_t)(CB5 * W) * 4);
+    job->cb = block_cols(CB5, W * 4);
+    uint32_t *P = zalloc((size_t)(job->cb * W) * 4);
     int32_t *state = knn ? NULL : zalloc((size_t)(job->n0 * 48) * 4);
     if (!Q || !P || (!knn && !state)) {
         free(Q);
