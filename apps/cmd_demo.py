@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from zippy_apps.common import add_model_arguments, load_extractor, match_and_fit
+from zippy_apps.common import add_model_arguments, load_extractor, match_and_fit, matcher_description
 
 HELP = "extract, match and fit a homography on a built-in photo warped by a known homography"
 
@@ -56,15 +56,18 @@ def run(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     f1 = ex.extract(img1, args.max_keypoints, args.threshold)
     t2 = time.perf_counter()
-    res = match_and_fit(f0, f1)
-    t3 = time.perf_counter()
+    res, times = match_and_fit(f0, f1, timing_repeats=5)
     h, w = img0.shape[:2]
     err = corner_error(res.H, H_gt, w, h)
     state = "trained" if ex.trained else "UNTRAINED"
     print(f"model: {ex.name} ({state}), engine {ex.engine}, image {args.image} {w}x{h}")
     print(f"keypoints: {len(f0)} / {len(f1)}   matches: {len(res.matches)}   inliers: {int(res.inliers.sum())}")
     print(f"corner error: {err:.2f} px" + ("  (no homography found)" if res.H is None else ""))
-    print(f"time: extract {1e3 * (t1 - t0):.1f} + {1e3 * (t2 - t1):.1f} ms, match + RANSAC {1e3 * (t3 - t2):.1f} ms")
+    print(
+        f"time: extract {1e3 * (t1 - t0):.1f} + {1e3 * (t2 - t1):.1f} ms, match {times.match_ms:.2f} ms "
+        f"({len(f0)} x {len(f1)}, median of 5), RANSAC {times.ransac_ms:.1f} ms"
+    )
+    print(f"matcher: {matcher_description()}, warm-up {times.warmup_ms:.1f} ms (not in the match time)")
     title = f"{ex.name} ({state}) {len(res.matches)} matches, {int(res.inliers.sum())} inliers, corner err {err:.2f}px"
     path = write_png(args.out, draw_matches(img0, img1, f0.keypoints, f1.keypoints, res.matches, res.inliers, title))
     print(f"picture: {path.resolve()}")

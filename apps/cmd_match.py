@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from zippy_apps.common import add_model_arguments, load_extractor, match_and_fit
+from zippy_apps.common import add_model_arguments, load_extractor, match_and_fit, matcher_description
 
 HELP = "match two images (mutual nearest neighbours + RANSAC homography) and draw the matches"
 
@@ -26,10 +26,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     f0 = ex.extract(img0, args.max_keypoints, args.threshold)
     f1 = ex.extract(img1, args.max_keypoints, args.threshold)
-    res = match_and_fit(f0, f1)
-    dt = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    res, times = match_and_fit(f0, f1)
     n_in = int(res.inliers.sum())
-    print(f"keypoints {len(f0)} / {len(f1)}, matches {len(res.matches)}, homography inliers {n_in}, {1e3 * dt:.0f} ms")
+    print(f"keypoints {len(f0)} / {len(f1)}, matches {len(res.matches)}, homography inliers {n_in}")
+    print(
+        f"time: extract {1e3 * (t1 - t0):.0f} ms (both images, first call included), match {times.match_ms:.2f} ms, "
+        f"RANSAC {times.ransac_ms:.1f} ms; matcher {matcher_description()}, warm-up {times.warmup_ms:.1f} ms"
+    )
     title = f"{ex.name}: {len(res.matches)} matches, {n_in} inliers"
     path = write_png(args.out, draw_matches(img0, img1, f0.keypoints, f1.keypoints, res.matches, res.inliers, title))
     print(f"picture: {path.resolve()}")

@@ -213,20 +213,111 @@ def test_numba_and_numpy_identical(width):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-@needs_numba
-def test_results_independent_of_threads():
-    import numba
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])
+def test_results_independent_of_threads(backend):
+    if backend == "numba":
+        import numba
 
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("NUMBA_NUM_THREADS < 2")
+        if numba.config.NUMBA_NUM_THREADS < 2:
+            pytest.skip("NUMBA_NUM_THREADS < 2")
     rng = np.random.default_rng(3)
     for d0, d1 in _tied_and_random(rng, 1100, 900, 32):
-        one = M.match_hamming(d0, d1, ratio=0.95, threads=1)
-        two = M.match_hamming(d0, d1, ratio=0.95, threads=2)
-        assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
-        assert np.array_equal(M.knn_hamming(d0, d1, 3, threads=1)[0], M.knn_hamming(d0, d1, 3, threads=2)[0])
-    with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
-        M.match_hamming(d0, d1, threads=numba.config.NUMBA_NUM_THREADS + 1)
+        one = M.match_hamming(d0, d1, ratio=0.95, threads=1, backend=backend)
+        for t in (2, 3):
+            if backend == "numba" and t > M.max_num_threads():
+                continue
+            many = M.match_hamming(d0, d1, ratio=0.95, threads=t, backend=backend)
+            assert np.array_equal(one[0], many[0]) and np.array_equal(one[1], many[1])
+            k1, kt = M.knn_hamming(d0, d1, 3, threads=1, backend=backend), M.knn_hamming(d0, d1, 3, threads=t)
+            assert np.array_equal(k1[0], kt[0]) and np.array_equal(k1[1], kt[1])
+    if backend == "numba":
+        with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
+            M.match_hamming(d0, d1, threads=M.max_num_threads() + 1, backend="numba")
+
+
+# --------------------------------------------------------------------------- native: every ISA
+NATIVE_ISAS = M._native_module().isas() if "native" in BACKENDS else ()
+needs_native = pytest.mark.skipif(
+    "native" not in BACKENDS, reason="the compiled kernels (zippy._hamming) are not built"
+)
+
+
+@needs_native
+@pytest.mark.parametrize("isa", NATIVE_ISAS)
+@pytest.mark.parametrize(
+    ("n0", "n1", "width"), [(13, 29, 32), (701, 2101, 32), (67, 300, 7), (50, 90, 61), (9, 40, 96)]
+)
+def test_native_isa_equals_numpy_and_cv2(monkeypatch, isa, n0, n1, width):
+    """Each compiled path, forced through ZIPPY_MATCHER_ISA: tiles of 4 rows with a remainder, column groups
+    with padded lanes, more columns than one packed block (2048), widths that are no multiple of 4 bytes."""
+    monkeypatch.setenv("ZIPPY_MATCHER_ISA", isa)
+    assert M.native_isa() == isa and M.backend() == f"native ({isa})"
+    rng = np.random.default_rng(n0 + width)
+    for d0, d1 in _tied_and_random(rng, n0, n1, width):
+        for opts in ({}, {"mutual": False}, {"ratio": 0.9}, {"ratio": 1.0, "max_distance": 40}):
+            a = M.match_hamming(d0, d1, backend="native", **opts)
+            b = M.match_hamming(d0, d1, backend="numpy", **opts)
+            assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]), opts
+        assert _as_set(M.match_hamming(d0, d1, backend="native")[0]) == _cv2_reference(d0, d1, True, None, None)
+        a = M.knn_hamming(d0, d1, 5, backend="native")
+        b = M.knn_hamming(d0, d1, 5, backend="numpy")
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+        ms = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(d0, d1, k=5)
+        assert a[0].tolist() == [[m.trainIdx for m in row] + [-1] * (5 - len(row)) for row in ms]
+
+
+@needs_native
+def test_native_isa_choice(monkeypatch):
+    monkeypatch.delenv("ZIPPY_MATCHER_ISA", raising=False)
+    assert M.native_isa() == NATIVE_ISAS[0] and NATIVE_ISAS[-1] == "generic"
+    monkeypatch.setenv("ZIPPY_MATCHER_ISA", "sse9")
+    with pytest.raises(ValueError, match=r"ZIPPY_MATCHER_ISA='sse9'.*supports"):
+        M.match_hamming(D0, D1)
+    monkeypatch.setenv("ZIPPY_MATCHER_ISA", "auto")
+    assert M.native_isa() == NATIVE_ISAS[0]
+    assert M.warmup("native") == 0.0  # nothing to compile
+
+
+@needs_native
+@pytest.mark.parametrize("isa", NATIVE_ISAS)
+def test_native_guided_equals_numpy_path(monkeypatch, isa):
+    monkeypatch.setenv("ZIPPY_MATCHER_ISA", isa)
+    rng = np.random.default_rng(8)
+    for d0, d1 in _tied_and_random(rng, 300, 400, 32):
+        pred, kpts = rng.uniform(0, 200, (300, 2)).round(), rng.uniform(0, 200, (400, 2)).round()
+        for opts in ({}, {"ratio": 0.9, "mutual": False}, {"max_distance": 100}):
+            native = M.match_guided(d0, d1, pred, kpts, 25.0, **opts)
+            monkeypatch.setattr(M, "_native", False)
+            ref = M.match_guided(d0, d1, pred, kpts, 25.0, **opts)
+            monkeypatch.setattr(M, "_native", None)
+            assert np.array_equal(native[0], ref[0]) and np.array_equal(native[1], ref[1]), opts
+
+
+def test_falls_back_without_the_compiled_kernels():
+    """A missing extension leaves numba (or numpy) in charge, with the same results."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["zippy._hamming"] = None  # as if the extension had not been built
+        import numpy as np
+        import zippy.matching as m
+        rng = np.random.default_rng(0)
+        d0, d1 = rng.integers(0, 3, (70, 32), np.uint8), rng.integers(0, 3, (90, 32), np.uint8)
+        assert "native" not in m.available_backends() and m.native_isa() is None
+        pairs = [m.match_hamming(d0, d1, ratio=0.9, backend=b)[0] for b in m.available_backends()]
+        assert all(np.array_equal(p, pairs[0]) for p in pairs)
+        try:
+            m.match_hamming(d0, d1, backend="native")
+        except ValueError as e:
+            assert "not built" in str(e)
+        else:
+            raise AssertionError("backend='native' without the extension must raise")
+        print(m.backend())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ("numba" if HAS_NUMBA else "numpy")
 
 
 def test_set_num_threads():
@@ -450,6 +541,40 @@ def test_benchmark_helpers():
 
         return fn
 
-    times, results = _time_interleaved({"a": make("a"), "b": make("b")}, repeats=3, budget_s=10.0)
-    assert [len(times["a"]), len(times["b"])] == [3, 3] and calls == {"a": 4, "b": 4}
+    times, cpu, results = _time_interleaved({"a": make("a"), "b": make("b")}, repeats=3, budget_s=10.0)
+    assert [len(times["a"]), len(times["b"]), len(cpu["a"])] == [3, 3, 3] and calls == {"a": 4, "b": 4}
     assert results["a"] == {(0, 0)}
+
+
+def test_benchmark_run_small(tmp_path):
+    """A tiny run of `zippy bench matcher`: identical pairs across methods, CPU flags, targets and tables."""
+    import json
+
+    from zippy_eval.bench_matcher import BenchMatcherConfig, run
+
+    methods = ("zippy_native", "zippy_avx2", "zippy_numpy", "cv2_hamming")  # unavailable ones are skipped
+    conf = BenchMatcherConfig(
+        sizes=(64, 200), threads=(1,), methods=methods, repeats=2, budget_s=1.0, measure_startup=False
+    )
+    summary = json.loads(run(conf, tmp_path).read_text())
+    assert summary["environment"]["cpu"]["machine"]
+    for agree in summary["workers"][0]["agreement"]:
+        others = [m for m in agree if m not in ("n", "reference")]
+        assert others and all(agree[m]["identical"] for m in others), agree
+    assert {r["method"] for r in summary["rows"]} == set(summary["protocol"]["methods"])
+    assert (tmp_path / "table.md").read_text().count("|") > 10 and (tmp_path / "bench_matcher.png").exists()
+
+
+def test_benchmark_scaling_and_cycles():
+    from zippy_eval.bench_matcher import _cycles, _scaling
+
+    rows = [
+        {"n": n, "method": "zippy_avx2", "threads": 1, "median_ms": ms, "min_ms": ms, "cpu_median_ms": ms / 2}
+        for n, ms in ((2000, 2.0), (10000, 52.0))
+    ]
+    (sc,) = _scaling(rows, (2000, 10000), (1,), ["zippy_avx2"])
+    assert sc["ratio"] == 26.0 and sc["ratio_cpu_time"] == 26.0 and sc["n2_ratio"] == 25.0
+    workers = [{"rows": rows, "clock_ghz_before": 3.0, "clock_ghz_after": 3.0, "native_isa": "avx512"}]
+    c = _cycles(rows, workers)[0]
+    assert c["isa"] == "avx2" and c["cycles_per_pair"] == pytest.approx(2e-3 * 3e9 / 4e6)  # 1.5
+    assert c["fraction_of_bound"] == pytest.approx(1.0) and c["fraction_of_bound_cpu_time"] == pytest.approx(2.0)

@@ -1,10 +1,18 @@
 """Exact brute-force descriptor matching: Hamming for packed bits, L2 for floats. Never imports torch.
 
-Dependencies: numpy only. When numba is importable the Hamming kernels run compiled
-(``zippy/_matching_kernels.py``: XOR + popcount over uint64 words, one pass that keeps the per-row and
-per-column minimum of ``(distance, index)``); otherwise a pure-numpy path computes the same distances
-exactly as a float32 GEMM of the unpacked bits (``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b`` is an exact
-integer there). Both paths give identical results; pick one with ``backend="numba" | "numpy"``.
+Hamming backends, fastest first (``available_backends()``; ``backend()`` names the one that runs):
+
+* ``"native"``: compiled C kernels (``zippy/_hamming.c``, built when the package is installed; nothing
+  to compile at run time). One build serves every x86-64 CPU: the instruction set is chosen at run time,
+  AVX-512 VPOPCNTDQ, else AVX2 (nibble-lookup popcount with VPSHUFB), else scalar POPCNT; portable C
+  elsewhere. ``ZIPPY_MATCHER_ISA=avx2`` (or ``avx512``, ``popcnt``, ``generic``) forces one, e.g. to
+  benchmark the AVX2 path on an AVX-512 machine; :func:`native_isa` tells which one runs.
+* ``"numba"``: the same algorithm JIT-compiled by numba (``zippy/_matching_kernels.py``); the first call
+  of a fresh install compiles for seconds, later processes load numba's on-disk cache.
+* ``"numpy"``: the distances as an exact float32 GEMM of the unpacked bits
+  (``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b`` is an exact integer there).
+
+All backends give identical results; ``backend="auto"`` takes the first available.
 
 Semantics (shared by every function here):
 
@@ -20,8 +28,9 @@ Semantics (shared by every function here):
 * Filters combine with AND; pairs come sorted by their index in the first set.
 * Memory stays O(N0 + N1) plus fixed-size blocks: a 10^6-descriptor database matched against 10^3
   queries never builds the 10^9 distance matrix.
-* Threads: 1 by default; ``threads=`` (or :func:`set_num_threads`) sets numba's threads; results do not
-  depend on it (each thread reduces its own rows, partial minima merge in row order). The numpy path
+* Threads: 1 by default; ``threads=`` (or :func:`set_num_threads`) splits the rows into chunks run in
+  parallel (native: Python threads, the GIL is released; numba: its thread pool); results do not
+  depend on it (each chunk reduces its own rows, column minima merge in row order). The numpy path
   runs its GEMM in BLAS, limited through threadpoolctl when that is installed (else by the usual
   ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` set before numpy starts); its results are exact too.
 
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -44,6 +54,7 @@ import numpy as np
 
 __all__ = [
     "available_backends",
+    "backend",
     "get_num_threads",
     "hamming_distances",
     "knn_hamming",
@@ -54,6 +65,7 @@ __all__ = [
     "matches0_to_matches",
     "matches_to_matches0",
     "max_num_threads",
+    "native_isa",
     "set_num_threads",
     "warmup",
 ]
@@ -65,8 +77,12 @@ _INT64_MAX = np.iinfo(np.int64).max
 _BLOCK_ELEMS = 1 << 22  # numpy path: distance blocks of at most 4M float32 (16 MiB)
 _COL_BLOCK = 4096  # numpy path: columns per block
 _MAX_BYTES = 1 << 16  # widest binary descriptor accepted (keeps the numpy GEMM keys exact)
+_NATIVE_MIN_ROWS = 64  # native threads: at least this many rows per chunk
+_ISA_ENV = "ZIPPY_MATCHER_ISA"
 _default_threads: int | None = None
 _kernels: Any = None
+_native: Any = None  # the compiled module, False when it is not built
+_pool: Any = None  # (size, ThreadPoolExecutor) of the native backend, created on first parallel call
 
 
 # ----------------------------------------------------------------------------------------- backends
@@ -74,18 +90,65 @@ def _numba_installed() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
+def _native_module() -> Any:
+    """The compiled kernels (zippy._hamming) or None when the extension was not built."""
+    global _native
+    if _native is None:
+        try:
+            from zippy import _hamming
+        except ImportError as e:
+            logger.debug("compiled Hamming kernels not available (%s); using numba / numpy", e)
+            _native = False
+        else:
+            _native = _hamming
+    return _native or None
+
+
 def available_backends() -> list[str]:
-    """Backends usable here, fastest first: ``["numba", "numpy"]`` or ``["numpy"]``."""
-    return ["numba", "numpy"] if _numba_installed() else ["numpy"]
+    """Backends usable here, fastest first: a sublist of ``["native", "numba", "numpy"]``."""
+    out = ["native"] if _native_module() is not None else []
+    return [*out, "numba", "numpy"] if _numba_installed() else [*out, "numpy"]
+
+
+def native_isa() -> str | None:
+    """The instruction set the native kernels use: ``"avx512"``, ``"avx2"``, ``"popcnt"`` or ``"generic"``.
+
+    The best one the CPU supports, unless the environment variable ``ZIPPY_MATCHER_ISA`` names another
+    (read at every call, so a benchmark can switch paths). None when the extension is not built.
+
+    Raises:
+        ValueError: ``ZIPPY_MATCHER_ISA`` names an unknown ISA or one this CPU lacks.
+    """
+    mod = _native_module()
+    if mod is None:
+        return None
+    isas = mod.isas()
+    want = os.environ.get(_ISA_ENV, "").strip().lower()
+    if not want or want == "auto":
+        return isas[0]
+    if want not in isas:
+        raise ValueError(f"{_ISA_ENV}={want!r}: this CPU supports {', '.join(isas)} (or 'auto')")
+    return want
+
+
+def backend(name: str = "auto") -> str:
+    """What runs for ``backend=name``: e.g. ``"native (avx2)"``, ``"numba"`` or ``"numpy"``."""
+    resolved = _resolve_backend(name)
+    return f"native ({native_isa()})" if resolved == "native" else resolved
 
 
 def _resolve_backend(backend: str) -> str:
     if backend == "auto":
         return available_backends()[0]
-    if backend not in ("numba", "numpy"):
-        raise ValueError(f"backend must be one of 'auto', 'numba', 'numpy', got {backend!r}")
+    if backend not in ("native", "numba", "numpy"):
+        raise ValueError(f"backend must be one of 'auto', 'native', 'numba', 'numpy', got {backend!r}")
     if backend == "numba" and not _numba_installed():
         raise ValueError("backend='numba' requested but numba is not installed (pip install numba)")
+    if backend == "native" and _native_module() is None:
+        raise ValueError(
+            "backend='native' requested but the compiled kernels are not built (reinstall with a C compiler: "
+            "pip install -e .)"
+        )
     return backend
 
 
@@ -99,7 +162,7 @@ def _get_kernels() -> Any:
 
 
 def set_num_threads(n: int | None) -> None:
-    """Threads of later calls that pass no ``threads=`` (numba backend); None restores the default, 1.
+    """Threads of later calls that pass no ``threads=`` (native / numba); None restores the default, 1.
 
     More than one thread needs ``n <= NUMBA_NUM_THREADS`` (numba's pool size, fixed at start-up).
     The default is 1 because the typical sizes (N <= a few thousand) gain little from a second thread
@@ -158,11 +221,12 @@ def _blas_threads(n: int | None):
 
 
 def warmup(backend: str = "auto", threads: int | None = None) -> float:
-    """Compile (or load from numba's cache) the Hamming kernels; returns the seconds it took.
+    """Compile (or load from numba's cache) the numba Hamming kernels; returns the seconds it took.
 
-    The first call in a fresh environment compiles (several seconds); later processes load the
-    kernels from numba's on-disk cache (``cache=True``). The parallel kernels are only prepared when
-    ``threads`` (default :func:`get_num_threads`) is > 1. The numpy backend needs none (returns 0).
+    Only the numba backend needs it: its first call in a fresh environment compiles (several seconds);
+    later processes load the kernels from numba's on-disk cache (``cache=True``). The parallel kernels
+    are only prepared when ``threads`` (default :func:`get_num_threads`) is > 1. The native backend is
+    compiled ahead of time and the numpy one needs nothing: for them this returns 0 at once.
     """
     if _resolve_backend(backend) != "numba":
         return 0.0
@@ -231,7 +295,7 @@ def _check_k(k: Any) -> int:
 def _threads_for(threads: int | None, backend: str) -> int | None:
     """numba: the thread count to use; numpy: the BLAS limit (None = leave BLAS alone)."""
     if threads is None:
-        return get_num_threads() if backend == "numba" else None
+        return get_num_threads() if backend in ("native", "numba") else None
     return _check_threads(threads, numba_limit=backend == "numba")
 
 
@@ -302,6 +366,55 @@ def _knn_numba(d0: np.ndarray, d1: np.ndarray, k: int, threads: int):
         return kern.knn_serial(a, bt, np.int64(k))
     with _numba_threads(threads):
         return kern.knn_parallel(a, bt, np.int64(k), np.int64(chunks))
+
+
+# ---------------------------------------------------------------------------- native (C, Hamming)
+def _native_chunks(n0: int, threads: int) -> list[tuple[int, int]]:
+    chunks = max(1, min(threads, n0 // _NATIVE_MIN_ROWS))
+    return [(c * n0 // chunks, (c + 1) * n0 // chunks) for c in range(chunks)]
+
+
+def _run_chunks(fn: Callable[[int, int], Any], chunks: list[tuple[int, int]]) -> list[Any]:
+    """fn(r0, r1) for every row chunk: in this thread when there is one, else in the thread pool."""
+    global _pool
+    if len(chunks) == 1:
+        return [fn(*chunks[0])]
+    if _pool is None or _pool[0] < len(chunks):
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = (len(chunks), ThreadPoolExecutor(max_workers=len(chunks), thread_name_prefix="zippy-matching"))
+    return list(_pool[1].map(lambda c: fn(*c), chunks))
+
+
+def _nn_native(d0: np.ndarray, d1: np.ndarray, want_second: bool, want_cols: bool, threads: int):
+    """(rd, ri, rs, ci) int32 from the compiled kernels; column minima of row chunks merge in row order."""
+    mod, isa = _native_module(), native_isa()
+    n0, n1, nbytes = d0.shape[0], d1.shape[0], d0.shape[1]
+    rd, ri, rs = (np.empty(n0, np.int32) for _ in range(3))
+
+    def run(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        cd, ci = np.empty(n1, np.int32), np.empty(n1, np.int32)
+        mod.nn(isa, d0[r0:r1], d1, nbytes, want_second, want_cols, rd[r0:r1], ri[r0:r1], rs[r0:r1], cd, ci)
+        return cd, ci + np.int32(r0) * (ci >= 0)
+
+    chunks = _native_chunks(n0, threads)
+    parts = _run_chunks(run, chunks)
+    cd, ci = parts[0]
+    for cd_c, ci_c in parts[1:]:  # later chunks hold later rows: strict '<' keeps the first row on ties
+        better = cd_c < cd
+        cd, ci = np.where(better, cd_c, cd), np.where(better, ci_c, ci)
+    return rd, ri, rs, ci
+
+
+def _knn_native(d0: np.ndarray, d1: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """(distances int32 [N0, k] (_BIG = none), indices int32 [N0, k] (-1 = none)); rows are independent."""
+    mod, isa = _native_module(), native_isa()
+    n0, nbytes = d0.shape[0], d0.shape[1]
+    topd, topi = np.empty((n0, k), np.int32), np.empty((n0, k), np.int32)
+    _run_chunks(
+        lambda r0, r1: mod.knn(isa, d0[r0:r1], d1, nbytes, k, topd[r0:r1], topi[r0:r1]), _native_chunks(n0, threads)
+    )
+    return topd, topi
 
 
 # ------------------------------------------------------------------------------ numpy (GEMM blocks)
@@ -428,7 +541,10 @@ def _knn_numpy(d0: np.ndarray, d1: np.ndarray, k: int, binary: bool) -> tuple[np
 
 # ----------------------------------------------------------------------------------------- Hamming
 def _nn_hamming(d0, d1, want_second, want_cols, backend, threads):
-    """(rd int32, ri int64, rs int32 (>= _BIG: none), ci int64) for Hamming by either backend."""
+    """(rd int32, ri int64, rs int32 (>= _BIG: none), ci int64) for Hamming by any backend."""
+    if backend == "native":
+        rd, ri, rs, ci = _nn_native(d0, d1, want_second, want_cols, threads)
+        return rd, ri.astype(np.int64), rs, ci.astype(np.int64)
     if backend == "numba":
         rd, ri, rs, _, ci = _nn_numba(d0, d1, want_second, want_cols, threads)
         return rd, ri.astype(np.int64), rs, ci.astype(np.int64)
@@ -457,8 +573,9 @@ def match_hamming(
         mutual: keep (i, j) only if i is also the nearest row of column j (cv2 crossCheck=True).
         ratio: Lowe's test, keep iff d1 < ratio * d2 (strict; no second neighbour passes). None = off.
         max_distance: keep iff distance <= max_distance. None = off.
-        threads: numba threads for this call (default :func:`get_num_threads`); results do not depend on it.
-        backend: "auto" (numba when installed), "numba" or "numpy" (identical results).
+        threads: threads for this call (default :func:`get_num_threads`); results do not depend on it.
+        backend: "auto" (the first of :func:`available_backends`), "native", "numba" or "numpy" (identical
+            results; see the module docstring).
 
     Returns:
         pairs: int64 [K, 2], (index in d0, index in d1), sorted by the first column.
@@ -496,8 +613,8 @@ def knn_hamming(
         d1: uint8 [N1, B] packed bits (database).
         k: neighbours per query, >= 1.
         max_distance: neighbours farther than this (distance > max_distance) are dropped (-1).
-        threads: numba threads for this call; results do not depend on it.
-        backend: "auto", "numba" or "numpy".
+        threads: threads for this call; results do not depend on it.
+        backend: "auto", "native", "numba" or "numpy".
 
     Returns:
         indices: int64 [N0, k] indices into d1, -1 where there is no (k-th) neighbour.
@@ -511,8 +628,8 @@ def knn_hamming(
     n0 = d0.shape[0]
     if n0 == 0 or d1.shape[0] == 0:
         return np.full((n0, k), -1, np.int64), np.full((n0, k), -1, np.int32)
-    if backend == "numba":
-        dist, idx = _knn_numba(d0, d1, k, nthreads)
+    if backend in ("native", "numba"):
+        dist, idx = (_knn_native if backend == "native" else _knn_numba)(d0, d1, k, nthreads)
         idx = idx.astype(np.int64)
     else:
         with _blas_threads(nthreads):
@@ -650,14 +767,20 @@ def _radius_candidates(pred: np.ndarray, kpts: np.ndarray, radius: np.ndarray) -
     dy = kpts[j, 1] - p[q_c, 1]
     inside = dx * dx + dy * dy <= r[q_c] * r[q_c]
     i_out, j_out = qi[q_c[inside]], j[inside]
-    srt = np.lexsort((j_out, i_out))
-    return i_out[srt].astype(np.int64), j_out[srt].astype(np.int64)
+    key = i_out.astype(np.int64) * n1 + j_out  # one int64 sort (i < 2^31, j < n1) instead of a lexsort
+    key.sort()
+    return key // n1, key % n1
 
 
 def _pair_distances(d0: np.ndarray, d1: np.ndarray, i: np.ndarray, j: np.ndarray, metric: str) -> np.ndarray:
     if metric == "l2":
         diff = d0[i].astype(np.float32) - d1[j].astype(np.float32)
         return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    mod = _native_module()
+    if mod is not None:
+        out = np.empty(i.shape[0], np.int32)
+        mod.pair_distances(native_isa(), d0, d1, d0.shape[1], i, j, out)
+        return out
     x = np.bitwise_xor(d0[i], d1[j])
     if hasattr(np, "bitwise_count"):  # numpy >= 2
         return np.bitwise_count(x).sum(axis=1, dtype=np.int32)
@@ -728,6 +851,12 @@ def match_guided(
         i, j = i[keep], j[keep]
     if i.size == 0:
         return _empty_result(dist_dtype)
+    if metric == "hamming" and _native_module() is not None:  # one pass over the sorted candidates
+        rd, ri, rs, cd, ci = (np.empty(n, np.int32) for n in (n0, n0, n0, n1, n1))
+        _native_module().guided(native_isa(), d0, d1, d0.shape[1], i, j, rd, ri, rs, cd, ci)
+        return _finalize(
+            rd, ri.astype(np.int64), rs, ci.astype(np.int64) if mutual else None, mutual, ratio, max_distance
+        )
     d = _pair_distances(d0, d1, i, j, metric)
     # per row: best = smallest (d, j); candidates are sorted by (i, j), a stable sort by d keeps j order
     o = np.lexsort((j, d, i))
