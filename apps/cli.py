@@ -34,6 +34,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "stream": "cmd_bench_stream",
         "profile": "cmd_bench_profile",
     },
+    "vocab": {"train": "cmd_vocab_train"},
 }
 
 
