@@ -101,3 +101,21 @@ def test_edge_cases(world_and_vocab):
         )
     with pytest.raises(ValueError, match="consistency"):
         LoopConfig(consistency=0)
+
+
+def test_stream_loop_callback(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from zippy_apps.cmd_stream import loop_callback
+
+    world = World(n_places=20, seed=1)
+    voc = Vocabulary.train([world.frame(p).descriptors for p in range(20)], k=6, levels=3, meta={"model": "toy"})
+    path = voc.save(tmp_path / "voc.npz")
+    extractor = SimpleNamespace(name="toy", weights_path=None, weights_sha256=None)
+    on_result, loops = loop_callback(extractor, path)
+    route = [*range(20), *range(19, -1, -1)]  # 40 frames: only the last few revisit beyond the 30 excluded
+    for i, p in enumerate(route):
+        on_result(SimpleNamespace(features=world.frame(p), source_index=i))
+    assert len(loops) >= 2
+    assert all(route[lp["frame"]] == route[lp["match"]] and lp["frame"] >= 35 for lp in loops)
+    assert capsys.readouterr().out.count("loop: frame") == len(loops)
