@@ -65,22 +65,31 @@ def distances_to(words, centre_words, c, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def bit_counts(packed, labels, k):
-    """Ones per bit and cluster: int32 [k, 8B] (MSB first within a byte) and members per cluster int32 [k]."""
+def byte_histograms(packed, labels, k):
+    """Histogram of the byte values at each byte position per cluster: int32 [k, B, 256], and cluster sizes [k]."""
     n, nbytes = packed.shape
-    counts = np.zeros((k, nbytes * 8), np.int32)
+    hist = np.zeros((k, nbytes, 256), np.int32)
     sizes = np.zeros(k, np.int32)
     for i in range(n):
         c = labels[i]
         sizes[c] += 1
         for b in range(nbytes):
-            v = packed[i, b]
-            if v == 0:
-                continue
-            for t in range(8):
-                if (v >> (7 - t)) & 1:
-                    counts[c, b * 8 + t] += 1
-    return counts, sizes
+            hist[c, b, packed[i, b]] += 1
+    return hist, sizes
+
+
+_BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.int64)  # [256, 8] MSB first
+
+
+def bit_counts(packed, labels, k):
+    """Ones per bit and cluster: int64 [k, 8B] (MSB first within a byte) and members per cluster int32 [k].
+
+    One histogram increment per byte (not per bit), then a small product with the bits of each byte value.
+    """
+    hist, sizes = byte_histograms(packed, labels, k)
+    nbytes = packed.shape[1]
+    counts = hist.reshape(k * nbytes, 256).astype(np.int64) @ _BYTE_BITS
+    return counts.reshape(k, nbytes * 8), sizes
 
 
 @numba.njit(cache=True, nogil=True)
