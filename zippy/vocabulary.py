@@ -306,8 +306,12 @@ class Vocabulary:
         if not np.all(np.isfinite(weights)) or np.any(weights < 0):
             raise ValueError("weights must be finite and >= 0")
         depth = np.zeros(m, np.int32)
-        for i in range(1, m):  # parents[i] < i: one pass
-            depth[i] = depth[parents[i]] + 1
+        while True:  # one vectorized pass per level (parents[i] < i, so this ends)
+            new = depth.copy()
+            new[1:] = depth[parents[1:]] + 1
+            if np.array_equal(new, depth):
+                break
+            depth = new
         word_of_node = np.full(m, -1, np.int32)
         word_of_node[leaves] = np.arange(leaves.size, dtype=np.int32)
         self.centres = centres
