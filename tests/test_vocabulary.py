@@ -352,3 +352,26 @@ def test_match_direct_restricts_to_nodes():
     assert np.all(dist >= 8)
     pairs, _ = match_direct(d0, np.array([1, 2]), d1, np.array([1, 2]), max_distance=4)
     assert pairs.shape == (0, 2)
+
+
+# ----------------------------------------------------------------------------------------- command
+def test_vocab_train_command(tmp_path, capsys):
+    import cv2
+
+    from zippy_apps.cli import main
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        img = cv2.GaussianBlur((rng.random((120, 160, 3)) * 255).astype(np.uint8), (3, 3), 0)
+        cv2.imwrite(str(folder / f"p{i}.png"), img)
+    cv2.imwrite(str(folder / "dev_0.png"), img)
+    out = tmp_path / "voc.npz"
+    args = ["vocab", "train", "--images", str(folder), "--out", str(out), "--k", "3", "--levels", "2"]
+    assert main([*args, "--model", "orb", "--exclude", "dev_*", "--cache", str(tmp_path / "cache")]) == 0
+    v = Vocabulary.load(out)
+    assert v.meta["model"] == "orb" and v.meta["training_images"] == 4 and v.meta["centre_rule"] == "majority"
+    assert "4 images" in capsys.readouterr().out
+    assert main([*args[:-6], "--out", str(tmp_path / "voc.bin"), "--model", "orb"]) == 2
+    assert "must end in .npz" in capsys.readouterr().err
