@@ -70,7 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, help="frame rate of folders and of the output video if unknown")
     parser.add_argument("--threads", type=int, help="CPU threads for OpenCV and torch (default: library default)")
     parser.add_argument(
-        "--loops", action="store_true", help="detect loop closures (zippy.loop; printed, and listed in the summary)"
+        "--loops",
+        action="store_true",
+        help="detect loop closures between keyframes (zippy.loop; printed, and listed in the summary)",
     )
     parser.add_argument("--vocab", type=Path, help="vocabulary for --loops (default: the shipped one)")
 
@@ -129,8 +131,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def loop_callback(extractor: Any, vocab: Path | None) -> tuple[Callable[[Any], None], list[dict[str, Any]]]:
-    """A run_stream ``on_result`` that feeds each frame to a :class:`zippy.loop.LoopDetector`, prints the loops
-    it accepts, and the list they are recorded in (the summary's "loops")."""
+    """A run_stream ``on_result`` that feeds the keyframes (as ORB-SLAM does; every frame would fill memory at
+    camera rates) to a :class:`zippy.loop.LoopDetector`, prints the loops it accepts, and the list they are
+    recorded in (the summary's "loops"; ``frame`` / ``match`` count keyframes, ``source_index`` /
+    ``match_source_index`` are the frames' positions in the source)."""
     from zippy.loop import LoopDetector
     from zippy.vocabulary import Vocabulary
 
@@ -138,12 +142,17 @@ def loop_callback(extractor: Any, vocab: Path | None) -> tuple[Callable[[Any], N
     voc.check_extractor(extractor)
     detector = LoopDetector(voc)
     loops: list[dict[str, Any]] = []
+    sources: list[int] = []
 
     def on_result(result: Any) -> None:
+        if sources and not result.new_keyframe:
+            return
+        sources.append(result.source_index)
         loop = detector.process(result.features)
         if loop.detected:
-            loops.append(loop.to_dict() | {"source_index": result.source_index})
-            print(f"loop: frame {loop.frame} -> frame {loop.match} (score {loop.score:.3f}, {loop.inliers} inliers)")
+            loops.append(loop.to_dict() | {"source_index": sources[-1], "match_source_index": sources[loop.match]})
+            print(f"loop: frame {sources[-1]} -> frame {sources[loop.match]} (keyframes {loop.frame} -> {loop.match}, "
+                  f"score {loop.score:.3f}, {loop.inliers} inliers)")  # fmt: skip
 
     return on_result, loops
 

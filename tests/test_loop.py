@@ -115,7 +115,9 @@ def test_stream_loop_callback(tmp_path, capsys):
     on_result, loops = loop_callback(extractor, path)
     route = [*range(20), *range(19, -1, -1)]  # 40 frames: only the last few revisit beyond the 30 excluded
     for i, p in enumerate(route):
-        on_result(SimpleNamespace(features=world.frame(p), source_index=i))
+        on_result(SimpleNamespace(features=world.frame(p), source_index=i, new_keyframe=True))
+        on_result(SimpleNamespace(features=world.frame(p), source_index=i, new_keyframe=False))  # not a keyframe
     assert len(loops) >= 2
     assert all(route[lp["frame"]] == route[lp["match"]] and lp["frame"] >= 35 for lp in loops)
+    assert all(lp["source_index"] == lp["frame"] and lp["match_source_index"] == lp["match"] for lp in loops)
     assert capsys.readouterr().out.count("loop: frame") == len(loops)
