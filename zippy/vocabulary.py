@@ -69,6 +69,7 @@ DB_FORMAT = "zippy-bow-database"
 VERSION = 1
 DEFAULT_VOCABULARY = "zippypoint_vocab.npz"  # in the shipped weights folder (zippy.weights.weights_dir)
 _BYTES = 32  # 256-bit descriptors
+_PENDING = 64  # database entries scored directly before they are merged into the inverted file
 
 
 # ------------------------------------------------------------------------------------------- input checks
@@ -617,7 +618,7 @@ class Database:
 
     Entries get consecutive ids from 0 in the order they are added. Scores are DBoW2's L1 score. A query
     costs the length of the inverted lists of its words: about 1 ms for 10,000 images
-    (docs/vocabulary.md). Recently added entries wait in a small buffer scored directly and are merged
+    (docs/vocabulary.md). Recently added entries (up to 64) wait in a buffer scored directly and are merged
     into the inverted file in batches, so adding one frame at a time stays cheap.
 
     Args:
@@ -644,7 +645,7 @@ class Database:
     def add(self, x: BowVector | np.ndarray) -> int:
         """Add an image (its descriptors uint8 [N, 32], or its BoW vector); returns its entry id."""
         self._vectors.append(_as_bow(self.vocabulary, x))
-        if len(self) - self._merged > min(max(64, self._merged // 4), 1024):
+        if len(self) - self._merged >= _PENDING:
             self._merge()
         return len(self) - 1
 
@@ -653,19 +654,21 @@ class Database:
         return self._vectors[entry]
 
     def _merge(self) -> None:
+        """Move the pending entries into the inverted file: each goes to the end of its word's list (image ids
+        grow, so every list stays in image order); one O(entries) copy, no sort of the whole file."""
         new = self._vectors[self._merged :]
         if not new:
             return
         w = np.concatenate([v.words for v in new]).astype(np.int64)
         val = np.concatenate([v.values for v in new])
         img = np.repeat(np.arange(self._merged, len(self), dtype=np.int32), [len(v) for v in new])
-        old_word = np.repeat(np.arange(self.vocabulary.num_words, dtype=np.int64), np.diff(self._indptr))
-        words = np.concatenate([old_word, w])
-        order = np.argsort(words, kind="stable")  # old entries first within a word: image order kept
-        self._entry_image = np.concatenate([self._entry_image, img])[order]
-        self._entry_value = np.concatenate([self._entry_value, val])[order]
-        counts = np.bincount(words, minlength=self.vocabulary.num_words)
-        self._indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        order = np.argsort(w, kind="stable")  # by word, image order kept within a word
+        w, val, img = w[order], val[order], img[order]
+        pos = self._indptr[w + 1]  # the end of each word's list; equal positions keep their order
+        self._entry_image = np.insert(self._entry_image, pos, img)
+        self._entry_value = np.insert(self._entry_value, pos, val)
+        added = np.bincount(w, minlength=self.vocabulary.num_words)
+        self._indptr = self._indptr + np.concatenate([[0], np.cumsum(added)])
         self._merged = len(self)
 
     def scores(self, x: BowVector | np.ndarray) -> np.ndarray:
