@@ -307,3 +307,28 @@ def test_pairs_from_retrieval_with_a_vocabulary():
     assert unordered_pairs([("b", "a"), ("a", "b"), ("a", "a")]) == [("a", "b")]
     with pytest.raises(ValueError, match="num_neighbors"):
         pairs_from_retrieval(["q.jpg"], ["db0.jpg"], desc.__getitem__, voc, 0)
+
+
+def test_pairs_kind_falls_back_for_other_descriptors():
+    from types import SimpleNamespace
+
+    from zippy.vocabulary import Vocabulary
+    from zippy_eval.localization.pipeline import LocalizationConf, _pairs_kind
+
+    try:
+        voc = Vocabulary.load()
+    except FileNotFoundError:
+        pytest.skip("no shipped vocabulary")
+
+    def method(name, binary=True, sha=None):
+        return SimpleNamespace(info=lambda: {"name": name, "binary": binary, "weights_sha256": sha})
+
+    conf = LocalizationConf()
+    assert conf.pairs == "retrieval"
+    assert _pairs_kind(method("zippypoint", sha=voc.meta["model_sha256"]), conf) == "retrieval"
+    assert _pairs_kind(method("zippypoint", sha="0" * 64), conf) == "match-count"  # other weights
+    assert _pairs_kind(method("orb"), conf) == "match-count"
+    assert _pairs_kind(method("sift", binary=False), conf) == "match-count"
+    assert _pairs_kind(method("orb"), LocalizationConf(pairs="exhaustive")) == "exhaustive"
+    with pytest.raises(ValueError, match="pairs must be one of"):
+        LocalizationConf(pairs="nearest")

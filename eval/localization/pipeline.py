@@ -474,9 +474,12 @@ def _pairs_kind(method: Any, conf: LocalizationConf) -> str:
     if conf.pairs != "retrieval":
         return conf.pairs
     info = method.info()
+    if not info.get("binary"):
+        logger.info("%s: float descriptors, no vocabulary: match-count retrieval", info["name"])
+        return "match-count"
     voc = _vocabulary(conf)
     want, sha = voc.meta.get("model"), voc.meta.get("model_sha256")
-    if not info.get("binary") or info["name"] != want or (sha and info.get("weights_sha256") not in (None, sha)):
+    if info["name"] != want or (sha and info.get("weights_sha256") not in (None, sha)):
         logger.info("%s: the vocabulary was trained for %s descriptors: match-count retrieval", info["name"], want)
         return "match-count"
     return "retrieval"
