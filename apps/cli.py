@@ -33,6 +33,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "extract": "cmd_bench_extract",
         "stream": "cmd_bench_stream",
     },
+    "vocab": {"train": "cmd_vocab_train"},
 }
 
 

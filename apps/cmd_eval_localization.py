@@ -34,8 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "triangulate", "sfm"],
         help="auto: triangulate from known poses, SfM otherwise (SfM for leave-one-out)",
     )
-    parser.add_argument("--pairs", default="exhaustive", choices=["exhaustive", "retrieval"], help="image pairs")
-    parser.add_argument("--num-neighbors", type=int, default=10, help="pairs per image for --pairs retrieval")
+    parser.add_argument(
+        "--pairs",
+        default="retrieval",
+        choices=["retrieval", "match-count", "exhaustive"],
+        help="image pairs: bag-of-words retrieval (default), match-count retrieval, or exhaustive",
+    )
+    parser.add_argument("--num-neighbors", type=int, default=10, help="pairs per image for the retrievals")
+    parser.add_argument("--vocab", default=None, help="vocabulary for --pairs retrieval (default: the shipped one)")
     parser.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
     parser.add_argument("--out", default="results/localization/latest", help="output folder")
     parser.add_argument(
@@ -59,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         mapping=args.mapping,
         pairs=args.pairs,
         num_neighbors=args.num_neighbors,
+        vocabulary=args.vocab,
         num_threads=args.threads,
         max_queries=args.max_queries,
         overwrite=args.overwrite,

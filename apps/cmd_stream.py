@@ -70,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fps", type=float, help="frame rate of folders and of the output video if unknown")
     parser.add_argument("--threads", type=int, help="CPU threads for OpenCV and torch (default: library default)")
+    parser.add_argument(
+        "--loops",
+        action="store_true",
+        help="detect loop closures between keyframes (zippy.loop; printed, and listed in the summary)",
+    )
+    parser.add_argument("--vocab", type=Path, help="vocabulary for --loops (default: the shipped one)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,9 +121,41 @@ def run(args: argparse.Namespace) -> int:
         "ransac_threshold": args.ransac_threshold,
         "robust": args.robust,
     }
-    summary = run_stream(stream, out=args.out, log=args.log, display=display, fps=args.fps, info=info)
+    on_result = None
+    if args.loops:
+        on_result, info["loops"] = loop_callback(extractor, args.vocab)
+    summary = run_stream(
+        stream, out=args.out, log=args.log, display=display, fps=args.fps, info=info, on_result=on_result
+    )
     print(format_summary(summary))
     return 130 if summary["interrupted"] else 0
+
+
+def loop_callback(extractor: Any, vocab: Path | None) -> tuple[Callable[[Any], None], list[dict[str, Any]]]:
+    """A run_stream ``on_result`` that feeds the keyframes (as ORB-SLAM does; every frame would fill memory at
+    camera rates) to a :class:`zippy.loop.LoopDetector`, prints the loops it accepts, and the list they are
+    recorded in (the summary's "loops"; ``frame`` / ``match`` count keyframes, ``source_index`` /
+    ``match_source_index`` are the frames' positions in the source)."""
+    from zippy.loop import LoopDetector
+    from zippy.vocabulary import Vocabulary
+
+    voc = Vocabulary.load(vocab)
+    voc.check_extractor(extractor)
+    detector = LoopDetector(voc)
+    loops: list[dict[str, Any]] = []
+    sources: list[int] = []
+
+    def on_result(result: Any) -> None:
+        if sources and not result.new_keyframe:
+            return
+        sources.append(result.source_index)
+        loop = detector.process(result.features)
+        if loop.detected:
+            loops.append(loop.to_dict() | {"source_index": sources[-1], "match_source_index": sources[loop.match]})
+            print(f"loop: frame {sources[-1]} -> frame {sources[loop.match]} (keyframes {loop.frame} -> {loop.match}, "
+                  f"score {loop.score:.3f}, {loop.inliers} inliers)")  # fmt: skip
+
+    return on_result, loops
 
 
 def check_output_paths(out: Path | None, log: Path | None) -> None:

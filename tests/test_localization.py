@@ -13,8 +13,8 @@ from zippy_eval.localization import features_h5
 from zippy_eval.localization.cameras import CameraSpec, parse_intrinsics_line
 from zippy_eval.localization.pairs import (
     pairs_exhaustive,
+    pairs_from_match_count,
     pairs_from_poses,
-    pairs_from_retrieval,
     pairs_to,
     read_pairs,
     write_pairs,
@@ -213,8 +213,8 @@ def test_pairs(tmp_path):
     poses = {n: Pose(np.eye(3), -np.array([x, 0.0, 0.0])) for n, x in [("a", 0.0), ("b", 1.0), ("c", 10.0)]}
     assert pairs_from_poses(poses, num_neighbors=1) == [("a", "b"), ("b", "c")]
     counts = {("q", "a"): 5, ("q", "b"): 0, ("q", "c"): 9}
-    assert pairs_from_retrieval(["q"], ["a", "b", "c"], lambda q, d: counts[q, d], 2) == [("q", "c"), ("q", "a")]
-    assert pairs_from_retrieval(["q"], ["a", "b", "c"], lambda q, d: counts[q, d], 5) == [("q", "c"), ("q", "a")]
+    assert pairs_from_match_count(["q"], ["a", "b", "c"], lambda q, d: counts[q, d], 2) == [("q", "c"), ("q", "a")]
+    assert pairs_from_match_count(["q"], ["a", "b", "c"], lambda q, d: counts[q, d], 5) == [("q", "c"), ("q", "a")]
     path = write_pairs([("a", "b")], tmp_path / "p.txt")
     assert read_pairs(path) == [("a", "b")]
     (tmp_path / "bad.txt").write_text("a b c\n")
@@ -363,3 +363,46 @@ def test_sceaux_layout_reads_intrinsics(shared_data):
 
     K = _read_K(shared_data / "localization" / "sceaux_castle" / "images" / "K.txt")
     assert K[0, 0] == pytest.approx(2905.88) and K[0, 2] == pytest.approx(1416)
+
+
+def test_pairs_from_retrieval_with_a_vocabulary():
+    from zippy.vocabulary import Vocabulary
+    from zippy_eval.localization.pairs import pairs_from_retrieval, unordered_pairs
+
+    rng = np.random.default_rng(0)
+    desc = {f"db{i}.jpg": rng.integers(0, 256, (200, 32), dtype=np.uint8) for i in range(6)}
+    voc = Vocabulary.train(list(desc.values()), k=4, levels=3, centre_ones=None)
+    q = desc["db2.jpg"].copy()
+    q[:, 0] ^= 1  # one bit off in every descriptor: the same place
+    desc["q.jpg"] = q
+    pairs = pairs_from_retrieval(["q.jpg", "db4.jpg"], [f"db{i}.jpg" for i in range(6)], desc.__getitem__, voc, 2)
+    assert pairs[0] == ("q.jpg", "db2.jpg") and len(pairs) == 4
+    assert all(a != b for a, b in pairs)  # db4 is never its own pair
+    assert unordered_pairs([("b", "a"), ("a", "b"), ("a", "a")]) == [("a", "b")]
+    with pytest.raises(ValueError, match="num_neighbors"):
+        pairs_from_retrieval(["q.jpg"], ["db0.jpg"], desc.__getitem__, voc, 0)
+
+
+def test_pairs_kind_falls_back_for_other_descriptors():
+    from types import SimpleNamespace
+
+    from zippy.vocabulary import Vocabulary
+    from zippy_eval.localization.pipeline import LocalizationConf, _pairs_kind
+
+    try:
+        voc = Vocabulary.load()
+    except FileNotFoundError:
+        pytest.skip("no shipped vocabulary")
+
+    def method(name, binary=True, sha=None):
+        return SimpleNamespace(info=lambda: {"name": name, "binary": binary, "weights_sha256": sha})
+
+    conf = LocalizationConf()
+    assert conf.pairs == "retrieval"
+    assert _pairs_kind(method("zippypoint", sha=voc.meta["model_sha256"]), conf) == "retrieval"
+    assert _pairs_kind(method("zippypoint", sha="0" * 64), conf) == "match-count"  # other weights
+    assert _pairs_kind(method("orb"), conf) == "match-count"
+    assert _pairs_kind(method("sift", binary=False), conf) == "match-count"
+    assert _pairs_kind(method("orb"), LocalizationConf(pairs="exhaustive")) == "exhaustive"
+    with pytest.raises(ValueError, match="pairs must be one of"):
+        LocalizationConf(pairs="nearest")

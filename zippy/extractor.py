@@ -218,13 +218,20 @@ class Extractor:
             passes = [(s, d) for s in self.scales for d in self.shifts]
             parts = [self._extract_pass(xi, s, d, max_keypoints, threshold) for s, d in passes]
             kpts, scores, desc = (torch.cat([p[i] for p in parts]) for i in range(3))
+            # pyramid level of each keypoint: 0 for the largest scale (ORB's octave; one scale: all 0)
+            rank = {sc: i for i, sc in enumerate(sorted(set(self.scales), reverse=True))}
+            octave = np.concatenate([np.full(len(p[1]), rank[sc], np.int32) for p, (sc, _) in zip(parts, passes)])
             if len(parts) > 1:  # the best over all passes (stable: ties keep the pass order)
-                order = torch.from_numpy(np.argsort(-scores.numpy(), kind="stable")[:max_keypoints])
+                order = np.argsort(-scores.numpy(), kind="stable")[:max_keypoints]
+                octave = octave[order]
+                order = torch.from_numpy(order)
                 kpts, scores, desc = kpts[order], scores[order], desc[order]
             meta = {
                 "time_network_ms": sum(p[3] for p in parts),
                 "time_post_ms": sum(p[4] for p in parts),
                 "engine": self.engine,
+                "octave": octave,
+                "octave_scales": sorted(set(self.scales), reverse=True),
             }
             feats.append(Features(kpts.numpy(), scores.numpy(), desc.numpy(), (w, h), meta))
         return feats

@@ -78,10 +78,45 @@ class Features:
         return cls(np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), np.zeros((0, dim), dtype), image_size)
 
     def subset(self, index: np.ndarray) -> Features:
-        """Features at ``index`` (boolean mask or integer indices)."""
-        return Features(
-            self.keypoints[index], self.scores[index], self.descriptors[index], self.image_size, dict(self.meta)
-        )
+        """Features at ``index`` (boolean mask or integer indices). Per-keypoint extras in ``meta`` (numpy arrays
+        of length N, such as the extractor's ``octave``) are indexed as well."""
+        n = len(self)
+        meta = {
+            k: v[index] if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n else v
+            for k, v in self.meta.items()
+        }
+        return Features(self.keypoints[index], self.scores[index], self.descriptors[index], self.image_size, meta)
+
+    def to_cv_keypoints(self, size: float = 31.0) -> list[Any]:
+        """The keypoints as OpenCV ``cv2.KeyPoint`` objects, in the fields ORB-SLAM and OpenCV matchers read.
+
+        * ``pt``: (x, y), pixel centres at integers (OpenCV's convention too).
+        * ``response``: the detection score.
+        * ``octave``: the pyramid level, 0 for the largest scale of ``zippy.load(..., scales=...)`` (with one
+          scale, 0 for all); from ``meta["octave"]`` when the extractor recorded it, else 0.
+        * ``size``: ``size`` (default 31, ORB's patch diameter) divided by the level's scale relative to the
+          largest one (``meta["octave_scales"]``), as ORB's size grows by its scale factor per level.
+        * ``angle``: -1, documented "not computed": the network gives no orientation (its descriptors are not
+          rotation-normalized), so SLAM code's rotation-consistency check should be switched off.
+        * ``class_id``: the keypoint's index in this record.
+
+        The descriptors (``self.descriptors``, uint8 [N, 32]) go with them unchanged into
+        ``cv2.BFMatcher(cv2.NORM_HAMMING)`` or ``cv2.drawKeypoints``.
+        """
+        import cv2
+
+        n = len(self)
+        octave = self.meta.get("octave")
+        if not (isinstance(octave, np.ndarray) and octave.shape == (n,)):
+            octave = np.zeros(n, np.int32)
+        scales = [float(v) for v in self.meta.get("octave_scales", [1.0])]
+        if len(scales) <= int(octave.max(initial=0)):
+            raise ValueError(f"meta['octave'] goes up to {int(octave.max())} but meta['octave_scales'] has {scales}")
+        rel = np.asarray(scales, np.float64) / scales[0]
+        return [
+            cv2.KeyPoint(float(x), float(y), float(size / rel[o]), -1.0, float(r), int(o), int(i))
+            for i, ((x, y), r, o) in enumerate(zip(self.keypoints.tolist(), self.scores.tolist(), octave.tolist()))
+        ]
 
     def to_dict(self, layout: str = "zippy") -> dict[str, Any]:
         """The arrays in the layout a consumer expects (``meta`` is not included).

@@ -916,3 +916,50 @@ def matches0_to_matches(matches0: np.ndarray) -> np.ndarray:
         raise ValueError(f"matches0 must be an int array [N0], got {_describe(matches0)}")
     i = np.flatnonzero(matches0 >= 0)
     return np.stack([i, matches0[i]], axis=1).astype(np.int64).reshape(-1, 2)
+
+
+# ----------------------------------------------------------------------------------------- thresholds
+from dataclasses import dataclass  # noqa: E402  (kept with the constant it serves, at the end of the module)
+
+
+@dataclass(frozen=True)
+class MatchThresholds:
+    """Hamming distances of zippy's descriptors (256 bits, 64 ones: distances are even, 0..128), measured.
+
+    Measured with ``python -m zippy_eval.match_thresholds`` (docs/vocabulary.md): the shipped ``zippypoint``
+    model, 1000 keypoints per image at the images' own size (at most 640 px), mutual nearest neighbours
+    (``match_hamming(mutual=True)``) on the 250 pairs of 50 HPatches-like sequences of the development
+    photos; a match is true within 3 px of the ground-truth homography (104,007 true, 25,249 false).
+    Precision is over the mutual matches with distance <= the threshold; recall over the true ones.
+
+    Use ``low`` where a wrong match is expensive (ORB-SLAM's TH_LOW role: search by projection, map
+    points), ``high`` for candidates checked afterwards (ORB-SLAM's TH_HIGH role). ORB-SLAM's own values
+    (50 / 100) are ORB's: for these descriptors a random pair lies near 96 and 100 filters nothing
+    (precision 0.805, the same as no threshold).
+
+    Attributes:
+        low: largest threshold with precision >= 0.95.
+        high: largest threshold with precision >= 0.90.
+        precision_low, precision_high: precision at ``low`` / ``high``.
+        recall_low, recall_high: fraction of the true matches kept at ``low`` / ``high``.
+        precision_all: precision of all mutual matches (no threshold).
+        true_median, false_median: median distance of true / false mutual matches.
+        random_median, random_p01: median and 1st percentile of descriptors of unrelated images.
+    """
+
+    low: int = 22
+    high: int = 34
+    precision_low: float = 0.952
+    precision_high: float = 0.902
+    recall_low: float = 0.437
+    recall_high: float = 0.856
+    precision_all: float = 0.805
+    true_median: int = 24
+    false_median: int = 38
+    random_median: int = 96
+    random_p01: int = 64
+
+
+THRESHOLDS = MatchThresholds()
+"""Calibrated thresholds of the shipped ``zippypoint`` descriptors, e.g. ``match_hamming(d0, d1,
+max_distance=THRESHOLDS.high)``; see :class:`MatchThresholds` for how they were measured."""

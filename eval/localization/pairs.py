@@ -1,4 +1,5 @@
-"""Image pairs to match: exhaustive, from known poses, or by a cheap match-count retrieval.
+"""Image pairs to match: exhaustive, from known poses, by bag-of-words retrieval (the vocabulary of
+:mod:`zippy.vocabulary`), or by a match-count retrieval.
 
 Pairs files hold one ``name0 name1`` per line (hloc's format).
 """
@@ -9,6 +10,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,10 +18,12 @@ from zippy_eval.localization.poses import Pose
 
 __all__ = [
     "pairs_exhaustive",
+    "pairs_from_match_count",
     "pairs_from_poses",
     "pairs_from_retrieval",
     "pairs_to",
     "read_pairs",
+    "unordered_pairs",
     "write_pairs",
 ]
 
@@ -71,6 +75,48 @@ def pairs_from_poses(
 
 
 def pairs_from_retrieval(
+    queries: Sequence[str],
+    db: Sequence[str],
+    descriptors: Callable[[str], np.ndarray],
+    vocabulary: Any = None,
+    num_neighbors: int = 10,
+) -> list[tuple[str, str]]:
+    """For each query, the ``num_neighbors`` database images with the best bag-of-words scores (hloc's
+    ``pairs_from_retrieval`` with a DBoW2-style vocabulary instead of a global descriptor).
+
+    Args:
+        queries: query image names.
+        db: database image names (a query in it is never its own pair).
+        descriptors: name -> packed binary descriptors uint8 [N, 32] of that image.
+        vocabulary: a :class:`zippy.vocabulary.Vocabulary` (None: the shipped one).
+        num_neighbors: pairs per query (fewer when fewer database images share a word with it).
+
+    Returns:
+        (query, database image) pairs, per query best first.
+    """
+    from zippy.vocabulary import Database, Vocabulary
+
+    if num_neighbors < 1:
+        raise ValueError(f"num_neighbors must be >= 1, got {num_neighbors}")
+    voc = Vocabulary.load() if vocabulary is None else vocabulary
+    database = Database(voc)
+    db = list(db)
+    for name in db:
+        database.add(descriptors(name))
+    out = []
+    for q in queries:
+        res = database.query(descriptors(q), num_neighbors + 1)
+        found = [db[int(i)] for i in res.ids if db[int(i)] != q]
+        out += [(q, d) for d in found[:num_neighbors]]
+    return out
+
+
+def unordered_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each unordered pair once, as (smaller name, larger name), sorted; self pairs dropped."""
+    return sorted({(min(a, b), max(a, b)) for a, b in pairs if a != b})
+
+
+def pairs_from_match_count(
     queries: Sequence[str],
     db: Sequence[str],
     count_matches: Callable[[str, str], int],

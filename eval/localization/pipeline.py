@@ -34,7 +34,13 @@ from zippy_eval.localization import features_h5
 from zippy_eval.localization.datasets import LocalizationDataset
 from zippy_eval.localization.localize import LocalizationResult, LocalizeOptions, localize_queries, write_failures
 from zippy_eval.localization.mapping import MappingOptions, map_stats, reconstruct, triangulate
-from zippy_eval.localization.pairs import pairs_exhaustive, pairs_from_retrieval, pairs_to, write_pairs
+from zippy_eval.localization.pairs import (
+    pairs_exhaustive,
+    pairs_from_match_count,
+    pairs_from_retrieval,
+    pairs_to,
+    write_pairs,
+)
 from zippy_eval.localization.poses import Pose, pose_error, recall_at, write_poses
 
 __all__ = [
@@ -55,6 +61,9 @@ logger = logging.getLogger(__name__)
 THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 
 
+PAIRS = ("retrieval", "match-count", "exhaustive")
+
+
 @dataclass(frozen=True)
 class LocalizationConf:
     """Configuration of a localization run.
@@ -69,10 +78,14 @@ class LocalizationConf:
             nms_radius; its name and weights are each method's own); other methods ignore them.
         mapping: "auto" (triangulate from known poses, SfM otherwise; SfM for leave-one-out),
             "triangulate" or "sfm".
-        pairs: "exhaustive" or "retrieval" (query / map pairs ranked by the match count of the
-            ``retrieval_keypoints`` strongest keypoints; map pairs from known poses or exhaustive).
-        num_neighbors: pairs per image for "retrieval".
-        retrieval_keypoints: keypoints used to rank retrieval candidates.
+        pairs: "retrieval" (the default: query pairs and, without known database poses, map pairs from
+            the bag-of-words vocabulary, ``num_neighbors`` per image; methods the vocabulary was not trained
+            for fall back to "match-count"), "match-count" (query pairs ranked by the match count of the
+            ``retrieval_keypoints`` strongest keypoints; map pairs exhaustive) or "exhaustive". With known
+            database poses, map pairs come from the poses under both retrievals.
+        vocabulary: vocabulary file for "retrieval" (None: the shipped one).
+        num_neighbors: pairs per image for "retrieval" and "match-count".
+        retrieval_keypoints: keypoints used to rank "match-count" candidates.
         verify_px: two-view verification threshold (resized pixels).
         pnp_px: absolute pose RANSAC threshold (resized pixels).
         min_inliers: absolute pose inliers needed to count a query as localized.
@@ -91,7 +104,8 @@ class LocalizationConf:
     weights: dict[str, str | None] = field(default_factory=dict)
     extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
     mapping: str = "auto"
-    pairs: str = "exhaustive"
+    pairs: str = "retrieval"
+    vocabulary: str | None = None
     num_neighbors: int = 10
     retrieval_keypoints: int = 256
     verify_px: float = 3.0
@@ -112,8 +126,8 @@ class LocalizationConf:
             raise ValueError("methods must not be empty")
         if self.mapping not in ("auto", "triangulate", "sfm"):
             raise ValueError(f"mapping must be 'auto', 'triangulate' or 'sfm', got {self.mapping!r}")
-        if self.pairs not in ("exhaustive", "retrieval"):
-            raise ValueError(f"pairs must be 'exhaustive' or 'retrieval', got {self.pairs!r}")
+        if self.pairs not in PAIRS:
+            raise ValueError(f"pairs must be one of {PAIRS}, got {self.pairs!r}")
         if self.max_keypoints <= 0 or self.resize_max < 0 or self.num_threads < 1:
             raise ValueError(
                 "max_keypoints and num_threads must be positive and resize_max >= 0, got "
@@ -294,6 +308,7 @@ class _MethodRun:
     results: list[LocalizationResult]
     maps: list[dict[str, float]]
     seconds: float
+    pairs: dict[str, Any]
 
 
 def _pix_scale(dataset: LocalizationDataset, conf: LocalizationConf) -> float:
@@ -316,6 +331,7 @@ def run_method(
     db = list(dataset.db_names)
     names = sorted(set(db) | set(queries))
     features = extract(method, conf, dataset.image_dir, names, work_dir / "features.h5", problems)
+    pdir = work_dir / pairs_tag(_pairs_kind(method, conf), conf)  # pairs, matches, maps, poses
     have = set(features_h5.list_features(features))
     scale = _pix_scale(dataset, conf)
     mopts = MappingOptions(
@@ -338,21 +354,21 @@ def run_method(
     if mapping == "triangulate" and dataset.db_poses is None:
         raise ValueError(f"{dataset.name}: mapping 'triangulate' needs known database poses; use 'sfm'")
 
-    # pairs and matches: map pairs among all database images, query pairs to the database
-    map_pairs = pairs_exhaustive(db_ok)
-    if conf.pairs == "retrieval" and len(db_ok) > conf.num_neighbors:
-        if dataset.db_poses is not None:
-            from zippy_eval.localization.pairs import pairs_from_poses
-
-            map_pairs = pairs_from_poses({n: dataset.db_poses[n] for n in db_ok}, conf.num_neighbors)
-        q_pairs = _retrieval_pairs(queries, db_ok, features, conf, have)
-    else:
-        q_pairs = pairs_to([q for q in queries if q in have], db_ok)
-    if dataset.leave_one_out:
-        q_pairs = []  # query pairs are map pairs
-    write_pairs(map_pairs, work_dir / "pairs-map.txt")
-    write_pairs(q_pairs, work_dir / "pairs-query.txt")
-    matches = match([*map_pairs, *q_pairs], features, work_dir / "matches.h5", conf.overwrite)
+    # pairs and matches: map pairs among the database images, query pairs to the database
+    t_pairs = time.perf_counter()
+    pairs_kind = _pairs_kind(method, conf)
+    map_pairs, q_pairs = _make_pairs(pairs_kind, queries, db_ok, dataset, features, conf, have)
+    t_match = time.perf_counter()
+    write_pairs(map_pairs, pdir / "pairs-map.txt")
+    write_pairs(q_pairs, pdir / "pairs-query.txt")
+    matches = match([*map_pairs, *q_pairs], features, pdir / "matches.h5", conf.overwrite)
+    pair_stats = {
+        "pairs": pairs_kind,
+        "num_map_pairs": len(map_pairs),
+        "num_query_pairs": len(q_pairs),
+        "pairs_seconds": t_match - t_pairs,
+        "matching_seconds": time.perf_counter() - t_match,
+    }
 
     cameras: dict[str, Any] = {n: dataset.cameras.get(n) for n in queries}
     for q in queries:
@@ -362,14 +378,17 @@ def run_method(
     maps: list[dict[str, float]] = []
     desc_bytes = _descriptor_bytes(features, db_ok)
     if dataset.leave_one_out:
-        verified = _verified_database(work_dir / "verified", db_ok, dataset, features, map_pairs, matches, mopts, conf)
+        verified = _verified_database(pdir / "verified", db_ok, dataset, features, map_pairs, matches, mopts, conf)
         for q in tqdm(queries, desc=f"leave-one-out {method.name}", unit="query", leave=False):
             fold_db = [n for n in db_ok if n != q]
             fold_pairs = [p for p in map_pairs if q not in p]
-            fold_q = [(q, n) for n in fold_db]
+            if pairs_kind == "exhaustive":
+                fold_q = [(q, n) for n in fold_db]
+            else:  # the query's neighbours in the retrieval graph
+                fold_q = [(q, b if a == q else a) for a, b in map_pairs if q in (a, b)]
             res, stats = _map_and_localize(
                 q, {q: cameras[q] if q in have else None}, fold_db, fold_pairs, fold_q, mapping, dataset,
-                features, matches, work_dir / "folds" / slug(q), mopts, lopts, conf, verified,
+                features, matches, pdir / "folds" / slug(q), mopts, lopts, conf, verified,
             )  # fmt: skip
             results.extend(res)
             if stats:
@@ -377,7 +396,7 @@ def run_method(
     else:
         res, stats = _map_and_localize(
             None, cameras, db_ok, map_pairs, q_pairs, mapping, dataset, features, matches,
-            work_dir / "map", mopts, lopts, conf,
+            pdir / "map", mopts, lopts, conf,
         )  # fmt: skip
         results.extend(res)
         if stats:
@@ -385,9 +404,9 @@ def run_method(
     for r in results:
         if r.pose is None and r.name not in have:
             r.reason = "no features (image unreadable)"
-    write_poses({r.name: r.pose for r in results if r.pose is not None}, work_dir / "poses.txt")
-    write_failures(results, work_dir / "failures.txt")
-    return _MethodRun(results, maps, time.perf_counter() - t0)
+    write_poses({r.name: r.pose for r in results if r.pose is not None}, pdir / "poses.txt")
+    write_failures(results, pdir / "failures.txt")
+    return _MethodRun(results, maps, time.perf_counter() - t0, pair_stats)
 
 
 def _verified_database(
@@ -428,14 +447,77 @@ def _bytes(stats: dict[str, float], desc_bytes: int) -> dict[str, float]:
     }
 
 
-def _retrieval_pairs(
-    queries: Sequence[str], db: Sequence[str], features: Path, conf: LocalizationConf, have: set[str]
+def pairs_tag(kind: str, conf: LocalizationConf) -> str:
+    """Folder (inside a method's cache) of what depends on the pairs: "pairs-exhaustive", "pairs-retrieval10"."""
+    return f"pairs-{kind}" if kind == "exhaustive" else f"pairs-{kind}{conf.num_neighbors}"
+
+
+def _vocabulary(conf: LocalizationConf) -> Any:
+    from zippy.vocabulary import Vocabulary
+
+    return Vocabulary.load(conf.vocabulary)
+
+
+def _pairs_kind(method: Any, conf: LocalizationConf) -> str:
+    """conf.pairs, with "retrieval" falling back to "match-count" (logged) for descriptors the vocabulary was not
+    trained for (another method, or other weights)."""
+    if conf.pairs != "retrieval":
+        return conf.pairs
+    info = method.info()
+    if not info.get("binary"):
+        logger.info("%s: float descriptors, no vocabulary: match-count retrieval", info["name"])
+        return "match-count"
+    voc = _vocabulary(conf)
+    want, sha = voc.meta.get("model"), voc.meta.get("model_sha256")
+    if info["name"] != want or (sha and info.get("weights_sha256") not in (None, sha)):
+        logger.info("%s: the vocabulary was trained for %s descriptors: match-count retrieval", info["name"], want)
+        return "match-count"
+    return "retrieval"
+
+
+def _make_pairs(
+    kind: str,
+    queries: Sequence[str],
+    db: list[str],
+    dataset: LocalizationDataset,
+    features: Path,
+    conf: LocalizationConf,
+    have: set[str],
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(map pairs, query pairs) of one method. Leave-one-out datasets have no separate query pairs."""
+    from zippy_eval.localization.pairs import pairs_from_poses, unordered_pairs
+
+    qs = [q for q in queries if q in have]
+    if kind == "exhaustive" or len(db) <= conf.num_neighbors:
+        map_pairs, q_pairs = pairs_exhaustive(db), pairs_to(qs, db)
+    elif kind == "match-count":
+        map_pairs = pairs_exhaustive(db)
+        q_pairs = _match_count_pairs(qs, db, features, conf)
+    else:
+        cache: dict[str, np.ndarray] = {}
+
+        def desc(name: str) -> np.ndarray:
+            if name not in cache:
+                cache[name] = features_h5.read_features(features, name).descriptors
+            return cache[name]
+
+        voc = _vocabulary(conf)
+        map_pairs = unordered_pairs(pairs_from_retrieval(db, db, desc, voc, conf.num_neighbors))
+        q_pairs = pairs_from_retrieval(qs, db, desc, voc, conf.num_neighbors)
+    if kind != "exhaustive" and dataset.db_poses is not None and not dataset.leave_one_out:
+        map_pairs = pairs_from_poses({n: dataset.db_poses[n] for n in db}, conf.num_neighbors)
+    if dataset.leave_one_out:
+        q_pairs = []  # query pairs are map pairs
+    return map_pairs, q_pairs
+
+
+def _match_count_pairs(
+    qs: Sequence[str], db: Sequence[str], features: Path, conf: LocalizationConf
 ) -> list[tuple[str, str]]:
     from tqdm import tqdm
 
     k = conf.retrieval_keypoints
     cache = {n: features_h5.read_features(features, n).subset(slice(0, k)) for n in db}
-    qs = [q for q in queries if q in have]
     with tqdm(total=len(qs), desc="retrieval", unit="query", leave=False) as bar:
         qf: dict[str, Any] = {}
 
@@ -445,7 +527,7 @@ def _retrieval_pairs(
                 qf[q] = features_h5.read_features(features, q).subset(slice(0, k))
             return len(_match_pair(qf[q], cache[d])[0])
 
-        return pairs_from_retrieval(qs, db, count, conf.num_neighbors, progress=bar.update)
+        return pairs_from_match_count(qs, db, count, conf.num_neighbors, progress=bar.update)
 
 
 def _map_and_localize(
@@ -556,7 +638,12 @@ def _aggregate(rows: Sequence[dict[str, Any]], maps: Sequence[dict[str, float]],
     return agg
 
 
-def _table(aggregates: dict[str, dict[str, Any]], conf: LocalizationConf, gt: bool) -> str:
+def _table(
+    aggregates: dict[str, dict[str, Any]],
+    conf: LocalizationConf,
+    gt: bool,
+    pair_stats: dict[str, dict[str, Any]] | None = None,
+) -> str:
     from zippy_eval.results import markdown_table
 
     headers = ["method", "localized"]
@@ -565,8 +652,8 @@ def _table(aggregates: dict[str, dict[str, Any]], conf: LocalizationConf, gt: bo
         headers += [f"{dt:g} m, {dr:g}°" for dt, dr in conf.thresholds]
         headers += ["median pos. err", "median rot. err (°)"]
         fmts += [".1%"] * len(conf.thresholds) + [".3f", ".2f"]
-    headers += ["3D points", "B / point", "map descriptors (KiB)"]
-    fmts += [".0f", "d", ".0f"]
+    headers += ["3D points", "B / point", "map descriptors (KiB)", "pairs", "matched pairs", "matching s"]
+    fmts += [".0f", "d", ".0f", "s", "d", ".1f"]
     rows = []
     for name, a in aggregates.items():
         row: list[Any] = [name, f"{a['num_localized']}/{a['num_queries']}"]
@@ -578,6 +665,12 @@ def _table(aggregates: dict[str, dict[str, Any]], conf: LocalizationConf, gt: bo
             a.get("map_num_points3D_mean"),
             a.get("descriptor_bytes_per_point"),
             kib / 1024 if kib is not None else None,
+        ]
+        ps = (pair_stats or {}).get(name, {})
+        row += [
+            ps.get("pairs"),
+            ps.get("num_map_pairs", 0) + ps.get("num_query_pairs", 0) if ps else None,
+            ps.get("matching_seconds"),
         ]
         rows.append(row)
     return markdown_table(headers, rows, fmts) + "\n"
@@ -633,6 +726,7 @@ def run(conf: LocalizationConf, dataset: LocalizationDataset, output_dir: str | 
     maps: dict[str, list[dict[str, float]]] = {}
     timings: dict[str, float] = {}
     poses_files: dict[str, str] = {}
+    pair_stats: dict[str, dict[str, Any]] = {}
     gt = dataset.query_gt is not None
     methods, skipped = methods_for_run(conf)
     for method in methods:
@@ -644,15 +738,18 @@ def run(conf: LocalizationConf, dataset: LocalizationDataset, output_dir: str | 
         maps[method.name] = out.maps
         aggregates[method.name] = _aggregate(mrows, out.maps, conf, gt)
         timings[method.name] = out.seconds
-        poses_files[method.name] = str((work / "poses.txt").relative_to(output_dir))
+        poses = work / pairs_tag(out.pairs["pairs"], conf) / "poses.txt"
+        poses_files[method.name] = str(poses.relative_to(output_dir))
+        pair_stats[method.name] = out.pairs
         logger.info("%s on %s: %s", method.name, dataset.name, aggregates[method.name].get("recall", ""))
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_text(output_dir / "table.md", _table(aggregates, conf, gt))
+    write_text(output_dir / "table.md", _table(aggregates, conf, gt, pair_stats))
     extra: dict[str, Any] = {
         "skipped_methods": skipped,
         "problems": sorted(set(problems)),
         "maps": maps,
         "seconds": timings,
+        "pairs": pair_stats,
         "poses": poses_files,
         "table": "table.md",
     }
