@@ -77,6 +77,10 @@ class Extractor:
 
     Attributes:
         name: backbone name; engine: the engine really used ("fp32", "int8", "onnx").
+        engine_path: how it runs: "int8-direct" (oneDNN int8 kernels exact on this CPU), "int8-split" (the
+            kernels saturate here, so each 8-bit conv reads its inputs in two halves below 129; exact),
+            "onnx-int8" / "onnx-fp32" (onnxruntime) or "fp32" (the fake-quantized torch network).
+        engine_reason: why that path (the load-time kernel check's finding, or why int8 was not possible).
         binary: True when descriptors are packed bits uint8 [N, 32].
         trained: False when running untrained (random) weights.
         weights_path / weights_sha256: the weights file used, if any.
@@ -122,6 +126,7 @@ class Extractor:
         self.scales = check_scales(scales)
         self.shifts = check_shifts(shifts, self.cfg.cell)
         self.raw_descriptors = False
+        self.engine_path, self.engine_reason = "", ""
         self.engine, self._net = self._make_engine(engine)
 
     @classmethod
@@ -160,19 +165,29 @@ class Extractor:
 
     # --- engines -------------------------------------------------------------------------------
     def _make_engine(self, engine: str) -> tuple[str, NetFn]:
-        if engine in ("auto", "int8"):
-            from zippy.quant import int8
+        """(engine, network) for the requested engine; sets ``engine_path`` and ``engine_reason``."""
+        from zippy.quant import int8
 
+        notes = []
+        if engine in ("auto", "int8"):
             reason = int8.unsupported_reason(self.model)
             if reason is None:
-                return "int8", int8.convert(self.model)
+                net = int8.convert(self.model)
+                self.engine_path, self.engine_reason = f"int8-{net.kernel_path}", net.kernel_reason
+                return "int8", net
             if engine == "int8":
                 raise ValueError(f"engine 'int8' is not available for {self.name!r}: {reason}")
-            log.debug("int8 engine unavailable (%s): using fp32", reason)
+            notes.append(f"int8: {reason}")
+            log.debug("int8 engine unavailable (%s)", reason)
         if engine == "onnx":
             from zippy.quant import onnx_engine
 
-            return "onnx", onnx_engine.OnnxNet(self.model)
+            net = onnx_engine.OnnxNet(self.model)
+            kind = "int8" if net.int8 else "fp32"
+            self.engine_path, self.engine_reason = f"onnx-{kind}", f"onnxruntime, the {kind} graph (requested)"
+            return "onnx", net
+        self.engine_path = "fp32"
+        self.engine_reason = "; ".join(notes) if notes else "requested"
         return "fp32", self.model
 
     # --- extraction ----------------------------------------------------------------------------
@@ -232,6 +247,7 @@ class Extractor:
                 "time_network_ms": sum(p[3] for p in parts),
                 "time_post_ms": sum(p[4] for p in parts),
                 "engine": self.engine,
+                "engine_path": self.engine_path,
             }
             feats.append(Features(kpts.numpy(), scores.numpy(), desc.numpy(), (w, h), meta))
         return feats
@@ -287,4 +303,4 @@ class Extractor:
         src = os.fspath(self.weights_path) if self.weights_path else "random init"
         pyramid = f", scales={self.scales}" if self.scales != (1.0,) else ""
         pyramid += f", shifts={self.shifts}" if self.shifts != ((0, 0),) else ""
-        return f"Extractor({self.name!r}, engine={self.engine!r}, {state}, weights={src}{pyramid})"
+        return f"Extractor({self.name!r}, engine={self.engine!r} ({self.engine_path}), {state}, weights={src}{pyramid})"
