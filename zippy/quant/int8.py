@@ -830,6 +830,7 @@ class ExactStem(nn.Module):
         w = _s2d_window_weights(n)
         self.acc = Int8Conv(w, ones, None, padding=0, grid_in=Grid(1.0, self.grid_in.zero_point), grid_out=None)
         self.m, self.b = np.tile(m.numpy(), 4), np.tile(b.numpy(), 4)
+        self.n = n  # the dense 3x3 integer weights int8 [C_out, C_in, 3, 3] (the ONNX exporter's)
         self.act, self.out_quant, self.grid_out = act, out_quant, Grid.of(out_quant)
         # the same chain as one folded full-resolution oneDNN conv: what the ONNX exporter writes
         self.conv = qconv_bn(conv, bn, self.grid_out, act, where)
