@@ -177,6 +177,18 @@ def test_unsupported_reasons():
     assert Extractor(KeypointNet(ModelConfig(backbone="kp2d")), engine="auto").engine == "fp32"
 
 
+def test_auto_without_an_exact_int8_path_takes_the_checked_onnx_graph(calibrated_zippypoint, monkeypatch):
+    """Where the oneDNN kernels fail the check (or are missing: ARM), auto runs the ONNX int8 graph, checked
+    against the model at load, and says why; int8 asked for explicitly fails loudly."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(int8, "kernel_check", lambda: int8.KernelCheck(None, "crafted conv gave wrong integers"))
+    ex = Extractor(calibrated_zippypoint, engine="auto")
+    assert (ex.engine, ex.engine_path) == ("onnx", "onnx-int8")
+    assert "crafted conv gave wrong integers" in ex.engine_reason and "checked against the model" in ex.engine_reason
+    with pytest.raises(ValueError, match="crafted conv gave wrong integers"):
+        Extractor(calibrated_zippypoint, engine="int8")
+
+
 def test_calibrated_network_is_supported(calibrated_zippypoint):
     assert int8.unsupported_reason(calibrated_zippypoint) is None
 
@@ -317,8 +329,15 @@ def trained_zippypoint():
 @pytest.mark.shared
 def test_int8_same_keypoints_and_descriptors_on_real_photos(shared_data, trained_zippypoint, one_thread):
     """The shipped network on real photos (TUM office frames at 640x480, development photos at 320x240,
-    top 1000): the default engine is int8 on x86 and gives the fake-quantized model's keypoints and >= 99.9 %
-    identical descriptors, on the path this CPU runs and on the split path (forced; every CPU runs it)."""
+    top 1000): the default engine is int8 on x86, on the path this CPU runs, and gives the fake-quantized
+    model's keypoints and its descriptors; the split path (forced: every CPU can run it) gives the same bits.
+
+    Descriptors: >= 99.8 % identical. The int8 engine gives the same bits on every path and ISA (checked here
+    and measured under ONEDNN_MAX_CPU_ISA=AVX2); the reference is what moves: the fake-quantized model's
+    float heads round in an order that depends on oneDNN's fp32 kernels, and with AVX2 kernels 0.15 % of
+    its descriptors differ from its own AVX-512 ones (identical to int8 for 99.97 % with AVX-512, 99.82 %
+    with AVX2 on these four images).
+    """
     import cv2
 
     from zippy.image import read_image
@@ -332,13 +351,14 @@ def test_int8_same_keypoints_and_descriptors_on_real_photos(shared_data, trained
     ref = [Extractor(trained_zippypoint, engine="fp32").extract(im, 1000) for im in images]
     auto = Extractor(trained_zippypoint, engine="auto")
     assert auto.engine == "int8" and auto.engine_path == f"int8-{int8.kernel_check().path}", auto.engine_reason
-    split = Extractor(trained_zippypoint, engine="int8")
-    split._net.set_path("split")
-    for name, test in (("auto", auto), ("split", split)):
-        agree = compare_features(ref, [test.extract(im, 1000) for im in images])
-        kp, desc = agree["keypoints_found"], agree["descriptors_identical"]
-        assert kp >= 0.999, f"{name}: only {kp:.4f} of the keypoints found within 0.05 px"
-        assert desc >= 0.999, f"{name}: only {desc:.4f} of the descriptors identical"
+    got = [auto.extract(im, 1000) for im in images]
+    agree = compare_features(ref, got)
+    kp, desc = agree["keypoints_found"], agree["descriptors_identical"]
+    assert kp >= 0.999, f"only {kp:.4f} of the keypoints found within 0.05 px"
+    assert desc >= 0.998, f"only {desc:.4f} of the descriptors identical"
+    auto._net.set_path("split")
+    for a, b in zip(got, (auto.extract(im, 1000) for im in images)):
+        assert np.array_equal(a.keypoints, b.keypoints) and np.array_equal(a.descriptors, b.descriptors)
 
 
 # --------------------------------------------------------------------------------------------- packing

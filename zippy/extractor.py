@@ -179,6 +179,14 @@ class Extractor:
                 raise ValueError(f"engine 'int8' is not available for {self.name!r}: {reason}")
             notes.append(f"int8: {reason}")
             log.debug("int8 engine unavailable (%s)", reason)
+        if engine == "auto" and int8.model_unsupported_reason(self.model) is None:
+            # a trained zippypoint network but no exact oneDNN path here (ARM, or x86 kernels that failed the
+            # check): the ONNX int8 graph, exact by construction on every CPU, checked against the model
+            net, why = self._checked_onnx_int8()
+            if net is not None:
+                self.engine_path, self.engine_reason = "onnx-int8", "; ".join([*notes, why])
+                return "onnx", net
+            notes.append(why)
         if engine == "onnx":
             from zippy.quant import onnx_engine
 
@@ -189,6 +197,27 @@ class Extractor:
         self.engine_path = "fp32"
         self.engine_reason = "; ".join(notes) if notes else "requested"
         return "fp32", self.model
+
+    def _checked_onnx_int8(self) -> tuple[NetFn | None, str]:
+        """The onnxruntime int8 graph and why it is used, or (None, why not): it must reproduce the model's
+        score and descriptor maps on a small test image (a saturating kernel would miss them by far)."""
+        try:
+            from zippy.quant import onnx_engine
+
+            net = onnx_engine.OnnxNet(self.model, int8=True)
+        except ImportError as e:
+            return None, f"onnx: not available ({e})"
+        gen = torch.Generator().manual_seed(0)
+        x = F.interpolate(torch.rand(1, 3, 8, 12, generator=gen), size=(64, 96), mode="bilinear")
+        with torch.inference_mode():
+            ref, out = self.model(x), net(x)
+        # fraction of values within a tolerance, and the fraction needed: the heads round a little differently
+        # from the model's float convs, a saturating kernel would be off everywhere
+        need = {"score": (1e-3, 0.99), "coords": (0.05, 0.99), "desc": (1e-2, 0.95)}
+        close = {k: float(((out[k] - ref[k]).abs() <= tol).float().mean()) for k, (tol, _) in need.items()}
+        if any(close[k] < frac for k, (_, frac) in need.items()):
+            return None, f"onnx: the int8 graph missed the model on the load-time check ({close}, needed {need})"
+        return net, "onnxruntime's int8 graph (exact integer convs), checked against the model at load"
 
     # --- extraction ----------------------------------------------------------------------------
     @torch.inference_mode()
