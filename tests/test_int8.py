@@ -189,6 +189,14 @@ def test_auto_without_an_exact_int8_path_takes_the_checked_onnx_graph(calibrated
         Extractor(calibrated_zippypoint, engine="int8")
 
 
+def test_info_shows_the_cpu_and_the_engine_path(capsys):
+    from zippy_apps.cli import main
+
+    assert main(["info", "zippypoint"]) == 0
+    out = capsys.readouterr().out
+    assert "cpu: " in out and f"engine (auto): int8-{int8.kernel_check().path}: {int8.kernel_check().reason}" in out
+
+
 def test_calibrated_network_is_supported(calibrated_zippypoint):
     assert int8.unsupported_reason(calibrated_zippypoint) is None
 

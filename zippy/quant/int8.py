@@ -36,9 +36,15 @@
   heads' ReLU outputs (float output, fed to the float score / position convs) and the descriptor map
   (float output).
 
-Kernels (API pinned to torch 2.13, see ``KERNELS``): ``torch.ops.onednn.qconv_prepack`` and
-``qconv2d_pointwise`` on plain uint8 tensors in channels-last layout, the operators that torch's PT2E
-x86 lowering emits (AMX / VNNI int8 kernels where present). They avoid ``torch.ao.quantization``
+Kernels (torch's private ops, tested with torch 2.13, see ``KERNELS``): ``torch.ops.onednn.qconv_prepack``
+and ``qconv2d_pointwise`` on plain uint8 tensors in channels-last layout, the operators that torch's PT2E
+x86 lowering emits (AMX / VNNI int8 kernels where present). They are used only after :func:`kernel_check`
+has run them on crafted convs with a known exact result, once per process: on CPUs whose int8 kernels are
+exact (VNNI / AMX) the convs read their inputs as they are ("direct"); on x86 without VNNI (AVX2, e.g.
+AMD Zen 3, or oneDNN held back by ONEDNN_MAX_CPU_ISA) the u8 x s8 kernel adds products in pairs with
+int16 saturation, so every 8-bit conv reads its inputs as two halves <= 128 instead ("split",
+:class:`Int8Conv`: the same integers at twice the multiplies); without an exact path (or without the
+ops) :func:`unsupported_reason` says why and ``zippy.load`` takes another engine. They avoid ``torch.ao.quantization``
 and the quantized tensor types that torch 2.13 deprecates, so no deprecation warning is raised.
 ``onednn.qadd.tensor`` is not used: in torch 2.13 its uint8 output wraps around instead of
 saturating. Re-gridding uses OpenCV's LUT kernel; the fused element-wise passes use numba.

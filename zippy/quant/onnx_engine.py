@@ -159,9 +159,11 @@ def _f32(g: _Graph, v: float, hint: str = "f") -> str:
 
 def _conv_integer(g: _Graph, q: str, n: torch.Tensor, zp: int, pad: int) -> str:
     """float32 [B, O, H, W] = sum((q - zp) * n), exact: a float ``Conv`` of the integers q - zp (uint8 q) with
-    the integer weights n int8 [O, I, k, k]. Every product and partial sum is an integer below 2^24
-    (:func:`zippy.quant.exact.accumulator_bound`), so float32 holds it exactly in any summation order, on
-    every kernel; zero padding is the real zero, as the model's. (ONNX Runtime's ``ConvInteger`` is exact
+    the integer weights n int8 [O, I, k, k]. In the chains that feed the binary layers every product and
+    partial sum is an integer below 2^24 (:func:`zippy.quant.exact.accumulator_bound`, checked when the int8
+    network is built), so float32 holds it exactly in any summation order, on every kernel; in the heads a
+    sum beyond 2^24 could round at float32 precision, as the model's own float heads do. Zero padding is the
+    real zero, as the model's. (ONNX Runtime's ``ConvInteger`` is exact
     too, with the inputs split in halves <= 128 for the x86 kernels without VNNI, but ran 10x slower here.)
     The ``Round`` after it is a no-op that keeps the optimizer from folding the next multiply into the weights.
     """
