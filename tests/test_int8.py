@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from zippy.cpu import cpu_info
 from zippy.extractor import Extractor
 from zippy.models import KeypointNet, ModelConfig
 from zippy.postprocess import packed_topk, select_keypoints
@@ -72,7 +73,9 @@ def test_split_inputs_exact_where_direct_saturates():
     assert torch.equal(halves[:, :64].int() + halves[:, 64:].int(), x.int() + 1)
 
 
-@pytest.mark.skipif(not X86, reason="ONEDNN_MAX_CPU_ISA limits x86 oneDNN only")
+@pytest.mark.skipif(
+    not X86 or cpu_info()["flags"]["avx2"] is False, reason="ONEDNN_MAX_CPU_ISA=AVX2 needs an x86 CPU with AVX2"
+)
 def test_kernel_check_sees_an_avx2_limit():
     """With oneDNN held to AVX2 (no VNNI: vpmaddubsw), the direct form saturates and the split form runs."""
     code = "from zippy.quant import int8; c = int8.kernel_check(); print(c.path, c.direct_exact, c.onednn_max_cpu_isa)"
