@@ -1,4 +1,4 @@
-"""`zippy info NAME`: parameters and per-layer precision of a backbone."""
+"""`zippy info NAME`: parameters and per-layer precision of a backbone, the CPU and the engine that runs here."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", default="zippypoint", help="backbone name (default zippypoint)")
     p.add_argument("--weights", default=None, help="weights file (shows its metadata)")
     p.add_argument("--layers", action="store_true", help="list every conv layer")
+    p.add_argument("--no-engine", action="store_true", help="skip loading the network to show the engine it gets")
 
 
 def layer_table(model) -> list[tuple[str, str, str, int]]:
@@ -60,4 +61,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"    {name:<40} {shape:<18} {prec:<7} {n:>9}")
     if meta:
         print("  weights meta: " + ", ".join(f"{k}={v}" for k, v in meta.items() if not isinstance(v, dict)))
+    from zippy.cpu import cpu_summary
+
+    print(f"  cpu: {cpu_summary()}")
+    if not args.no_engine:
+        ex = zippy.load(args.name, weights=args.weights)  # engine="auto", as every command
+        print(f"  engine (auto): {ex.engine_path}: {ex.engine_reason}")
     return 0

@@ -13,12 +13,16 @@ Methods (names in the results):
     * ``zippypoint-fp32``: the zippypoint network in float with fake quantization switched off
       (``zippy.quant.set_fake_quant(model, False)``), torch eager.
     * ``zippypoint-fq``: the same network with fake quantization on (the training-time reference).
-    * ``zippypoint-int8``: the int8 engine (``zippy.quant.int8``), the default where supported.
+    * ``zippypoint-int8``: the int8 engine (``zippy.quant.int8``) on the path the load-time kernel check
+      picks on this CPU (``engine_path`` "int8-direct" where oneDNN's u8 x s8 kernels are exact, "int8-split"
+      where they saturate, e.g. AVX2 without VNNI); ``zippypoint-int8-split``: the split path forced (runs
+      everywhere; on a VNNI machine it shows what an AVX2 CPU pays for exactness).
     * ``zippypoint-int8-x1.41+1``: the int8 engine on the two-scale pyramid; ``zippypoint-int8-x1.41+1-g2``: the
       same with a second cell grid half a cell away at each scale (``shifts=((0, 0), (4, 4))``);
       ``zippypoint-int8-x1.41+1-g4``: with four grids (shifts (0, 0), (4, 0), (0, 4), (4, 4)), the most
       accurate setting of docs/hpatches.md; none of the three in the default set.
-    * ``zippypoint-onnx``: onnxruntime int8 graph (``zippy.quant.onnx_engine``; not in the default set).
+    * ``zippypoint-onnx``: onnxruntime int8 graph (``zippy.quant.onnx_engine``; the engine auto takes where no
+      exact oneDNN path exists, e.g. ARM; not in the default set).
     * ``zippypoint_small-int8`` / ``zippypoint_small-fp32``: the narrow shipped variant
       (``zippy.load("zippypoint_small")``, weights/zippypoint_small.pt), int8 engine / float with fake
       quantization off; ``zippypoint_small-int8-x1.41+1``: its int8 engine on a two-scale image pyramid
@@ -26,6 +30,10 @@ Methods (names in the results):
     * ``kp2d-fp32``: the float KP2D-style baseline of the same topology.
     * ``orb``, ``sift``, ``akaze``, ``brisk``: OpenCV (``zippy_eval.methods``); ``aliked``: kornia ALIKED-T16;
       ``orb_teblid`` (ORB keypoints, TEBLID descriptors) on request, not in the default set.
+
+Agreement: every zippypoint variant at one scale is compared with ``zippypoint-fq`` (the trained
+network) when the run has it, on the frames of the last pass: ``kp_agree`` the fraction of its keypoints
+found within 0.05 px, ``desc_agree`` the fraction of those with identical descriptors.
 
 Per frame: ``network_ms`` and ``post_ms`` (zippy methods: network forward / NMS, top-k, sampling,
 binarization), ``total_ms`` (the whole ``extract`` call from the RGB uint8 image), and ``match_ms``
@@ -38,7 +46,8 @@ trained activation ranges; then the EMA ranges are calibrated on the benchmark f
 passes) so the int8 engine can run, and the summary says so (timing does not depend on the weights).
 
 Writes ``results/bench_extract/<tag>/``: ``summary.json`` (protocol, environment with thread counts
-and load average before / after, rows, target checks), ``summary.md`` and ``times.png``.
+and load average before / after, the CPU model and flags (:func:`zippy.cpu.cpu_info`) and the int8 kernel
+check, rows, target checks), ``summary.md`` and ``times.png``.
 
 Usage::
 
@@ -90,6 +99,7 @@ ZIPPY_VARIANTS = {
     "zippypoint-fp32": ("zippypoint", "fp32", False, (1.0,), ONE),
     "zippypoint-fq": ("zippypoint", "fp32", True, (1.0,), ONE),
     "zippypoint-int8": ("zippypoint", "int8", True, (1.0,), ONE),
+    "zippypoint-int8-split": ("zippypoint", "int8", True, (1.0,), ONE),
     "zippypoint-int8-x1.41+1": ("zippypoint", "int8", True, (1.41, 1.0), ONE),
     "zippypoint-int8-x1.41+1-g2": ("zippypoint", "int8", True, (1.41, 1.0), HALF_CELL),
     "zippypoint-int8-x1.41+1-g4": ("zippypoint", "int8", True, (1.41, 1.0), FOUR_GRIDS),
@@ -99,6 +109,8 @@ ZIPPY_VARIANTS = {
     "zippypoint_small-int8-x1.41+1": ("zippypoint_small", "int8", True, (1.41, 1.0), ONE),
     "kp2d-fp32": ("kp2d", "fp32", True, (1.0,), ONE),
 }
+INT8_PATH = {"zippypoint-int8-split": "split"}  # variants that force an int8 path (else: the kernel check's)
+REFERENCE = "zippypoint-fq"  # the trained network, which the agreement columns compare with
 TARGET_MATCH_MS = 20.0
 
 
@@ -116,6 +128,7 @@ class BenchConfig:
         max_keypoints: keypoint budget of every method.
         weights: zippypoint weights file (None: shipped weights, else a calibrated untrained net).
         kp2d_weights: kp2d weights file (None: shipped / untrained).
+        memory: also measure peak memory (one extra process per method and size).
     """
 
     methods: Sequence[str] = DEFAULT_METHODS
@@ -128,6 +141,7 @@ class BenchConfig:
     weights: str | None = None
     kp2d_weights: str | None = None
     timeout_s: float = 900.0
+    memory: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -186,10 +200,15 @@ class _Zippy:
         self.extractor = Extractor(
             model, engine=engine, weights_path=ex.weights_path, meta=ex.meta, scales=scales, shifts=shifts
         )
+        if name in INT8_PATH:
+            self.extractor._net.set_path(INT8_PATH[name], "forced by the benchmark")
+            self.extractor.engine_path, self.extractor.engine_reason = f"int8-{INT8_PATH[name]}", "forced"
         self.binary = self.extractor.binary
         self.info = {
             "backbone": backbone,
             "engine": self.extractor.engine,
+            "engine_path": self.extractor.engine_path,
+            "engine_reason": self.extractor.engine_reason,
             "fake_quant": fake_quant,
             "scales": list(scales),
             "shifts": [list(d) for d in shifts],
@@ -261,6 +280,7 @@ def run_timing(cfg: BenchConfig, size: tuple[int, int], threads: int) -> list[di
         n: {"network_ms": [], "post_ms": [], "total_ms": [], "match_ms": [], "n": []} for n in methods
     }
     prev: dict[str, Any] = {}
+    last: dict[str, list[Any]] = {n: [None] * len(frames) for n in methods}  # features of the last pass
     names = list(methods)
     for rep in range(cfg.repeats + 1):  # pass 0 warms up (lazy initialisation, JIT, kernel selection)
         prev.clear()
@@ -283,6 +303,8 @@ def run_timing(cfg: BenchConfig, size: tuple[int, int], threads: int) -> list[di
                     if name in prev:
                         rows["match_ms"].append(1e3 * (t2 - t1))
                 prev[name] = f
+                last[name][i] = f
+    agreement = _agreement(methods, last)
     out = []
     for name, rows in times.items():
         total, match_ms = _median(rows["total_ms"]), _median(rows["match_ms"])
@@ -301,10 +323,29 @@ def run_timing(cfg: BenchConfig, size: tuple[int, int], threads: int) -> list[di
                 "network_ms_min": float(np.min(rows["network_ms"])) if rows["network_ms"] else None,
                 "total_ms_min": float(np.min(rows["total_ms"])),
                 "keypoints": float(np.mean(rows["n"])),
+                **agreement.get(name, {"kp_agree": None, "desc_agree": None}),
                 "info": methods[name].info,
                 "frame_totals_ms": rows["total_ms"],
             }
         )
+    return out
+
+
+def _agreement(methods: dict[str, Any], feats: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
+    """kp_agree / desc_agree of every zippypoint variant at one scale and grid against :data:`REFERENCE`."""
+    from zippy_eval.int8_check import compare_features
+
+    if REFERENCE not in feats:
+        return {}
+    out = {}
+    for name, m in methods.items():
+        info = getattr(m, "info", {})
+        if info.get("backbone") != "zippypoint" or info.get("scales") != [1.0] or info.get("shifts") != [[0, 0]]:
+            continue
+        if not info.get("fake_quant"):
+            continue  # fake quantization off: another network
+        c = compare_features(feats[REFERENCE], feats[name])
+        out[name] = {"kp_agree": c["keypoints_found"], "desc_agree": c["descriptors_identical"]}
     return out
 
 
@@ -433,6 +474,7 @@ def _markdown(rows: list[dict[str, Any]], checks: dict[str, Any], cfg: BenchConf
 
     headers = [
         "method",
+        "path",
         "size",
         "threads",
         "network ms",
@@ -442,12 +484,15 @@ def _markdown(rows: list[dict[str, Any]], checks: dict[str, Any], cfg: BenchConf
         "min total",
         "peak MB",
         "kp",
+        "kp agree",
+        "desc agree",
     ]
     table = []
     for r in sorted(rows, key=lambda r: (r["threads"], r["height"], list(cfg.methods).index(r["method"]))):
         table.append(
             [
                 r["method"],
+                r.get("engine_path") or "",
                 f"{r['width']}x{r['height']}",
                 r["threads"],
                 r["network_ms"],
@@ -455,8 +500,10 @@ def _markdown(rows: list[dict[str, Any]], checks: dict[str, Any], cfg: BenchConf
                 r["total_ms"],
                 r["match_ms"],
                 r["total_ms_min"],
-                r["peak_rss_mb"],
+                r.get("peak_rss_mb"),
                 round(r["keypoints"]),
+                r.get("kp_agree"),
+                r.get("desc_agree"),
             ]
         )
     lines = [
@@ -467,9 +514,14 @@ def _markdown(rows: list[dict[str, Any]], checks: dict[str, Any], cfg: BenchConf
         f"Load average before / after: {env.get('loadavg_before')} / {env.get('loadavg_after')} "
         f"on {os.cpu_count()} CPUs. Methods interleaved frame by frame in one process per size and thread "
         f"count; min total = fastest frame. Peak MB = max RSS of a separate 1-thread process that builds the "
-        f"method and extracts 3 frames.",
+        f"method and extracts 3 frames. kp / desc agree: keypoints within 0.05 px of `{REFERENCE}`'s (the "
+        f"trained network), and identical descriptors among them.",
         "",
-        markdown_table(headers, table, floatfmt=[".3f", "", "", ".1f", ".1f", ".1f", ".2f", ".1f", ".0f", ""]),
+        f"CPU: {env.get('cpu_summary')}. int8 kernel check: {env.get('int8_kernel_check')}.",
+        "",
+        markdown_table(
+            headers, table, floatfmt=[".3f", "", "", "", ".1f", ".1f", ".1f", ".2f", ".1f", ".0f", "", ".4f", ".4f"]
+        ),
         "",
         "## Targets (1 thread)",
         "",
@@ -497,7 +549,8 @@ def run(cfg: BenchConfig, output_dir: str | os.PathLike) -> Path:
     out = Path(output_dir)
     load_before = _loadavg()
     jobs = [({"kind": "timing", "size": list(s), "threads": t}, t) for t in cfg.threads for s in cfg.sizes]
-    jobs += [({"kind": "memory", "size": list(s), "method": m}, 1) for s in cfg.sizes for m in cfg.methods]
+    if cfg.memory:
+        jobs += [({"kind": "memory", "size": list(s), "method": m}, 1) for s in cfg.sizes for m in cfg.methods]
     rows: list[dict[str, Any]] = []
     memory: dict[tuple[str, int], dict[str, Any]] = {}
     loads = []
@@ -514,7 +567,11 @@ def run(cfg: BenchConfig, output_dir: str | os.PathLike) -> Path:
     load_after = _loadavg()
     checks = target_checks(rows)
     env = environment()
-    env.update({"loadavg_before": load_before, "loadavg_after": load_after})
+    cpu, kernels = _cpu_record()
+    env.update({"loadavg_before": load_before, "loadavg_after": load_after, **kernels})
+    env["cpu_summary"] = cpu["summary"]
+    for r in rows:
+        r["engine_path"] = r.get("info", {}).get("engine_path")
     methods_info = {r["method"]: r.get("info", {}) for r in rows if "info" in r}
     path = write_summary(
         out,
@@ -524,12 +581,30 @@ def run(cfg: BenchConfig, output_dir: str | os.PathLike) -> Path:
         rows=[{k: v for k, v in r.items() if k != "info"} for r in rows],
         aggregates={"targets_1_thread": checks},
         extra={
-            "bench_environment": {"loadavg_before": load_before, "loadavg_after": load_after, "loadavg_per_job": loads}
+            "bench_environment": {"loadavg_before": load_before, "loadavg_after": load_after, "loadavg_per_job": loads},
+            "cpu": cpu,
+            **kernels,
         },
     )
     write_text(out / "summary.md", _markdown(rows, checks, cfg, env))
     _plot(rows, out / "times.png", threads=min(cfg.threads))
     return path
+
+
+def _cpu_record() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The CPU (model, flags, ISA limits, one-line summary) and the int8 kernel check of this process (the
+    workers inherit its environment, ONEDNN_MAX_CPU_ISA included)."""
+    from zippy.cpu import cpu_info, cpu_summary
+
+    cpu = {**cpu_info(), "summary": cpu_summary()}
+    try:
+        from zippy.quant.int8 import kernel_check
+
+        check = kernel_check()
+        kernels = {"int8_kernel_check": f"{check.path or 'none'}: {check.reason}"}
+    except ImportError as e:
+        kernels = {"int8_kernel_check": f"not run ({e})"}
+    return cpu, kernels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -543,6 +618,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-keypoints", type=int, default=1000, help="keypoint budget")
     parser.add_argument("--weights", default=None, help="zippypoint weights (default: shipped)")
     parser.add_argument("--kp2d-weights", default=None, help="kp2d weights (default: shipped / untrained)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes (quicker)")
     parser.add_argument("--tag", default="default", help="results/bench_extract/<tag>/")
     parser.add_argument("--output", default=None, help="output folder (overrides --tag)")
 
@@ -572,6 +648,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         max_keypoints=args.max_keypoints,
         weights=args.weights,
         kp2d_weights=args.kp2d_weights,
+        memory=not args.no_memory,
     )
 
 

@@ -15,6 +15,20 @@ SHARED_TEACHERS = REPO.parent / "shared" / "teachers"
 sys.path.insert(0, str(REPO / "tools"))
 
 
+def pytest_report_header(config) -> list[str]:
+    """The CPU (model, AVX2 / AVX-512 VNNI / AMX flags, ISA limits) and the int8 path its kernels allow."""
+    from zippy.cpu import cpu_summary
+
+    lines = [f"cpu: {cpu_summary()}"]
+    try:
+        from zippy.quant.int8 import kernel_check
+    except ImportError as e:  # torch missing: the tests that need it say so
+        return [*lines, f"int8 engine: not checked ({e})"]
+    check = kernel_check()
+    lines.append(f"int8 engine path: {check.path or 'none'} ({check.reason})")
+    return lines
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data, or skip."""

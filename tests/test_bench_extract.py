@@ -46,17 +46,23 @@ def test_target_checks_compare_the_right_cells() -> None:
 
 def test_small_run_writes_json_table_and_plot(shared_data: Path, tmp_path: Path) -> None:
     frames = shared_data / "localization" / "tum_freiburg_sequence"
+    split = "zippypoint-int8-split"
     cfg = BenchConfig(
-        methods=("orb_teblid", "zippypoint_small-int8-x1.41+1"), sizes=((64, 96),), threads=(1,),
-        frames=str(frames), n_frames=2, repeats=1, max_keypoints=50, timeout_s=300,
+        methods=("orb_teblid", "zippypoint_small-int8-x1.41+1", "zippypoint-fq", split), sizes=((64, 96),),
+        threads=(1,), frames=str(frames), n_frames=2, repeats=1, max_keypoints=50, timeout_s=300,
     )  # fmt: skip
     summary = run(cfg, tmp_path / "bench")
     data = json.loads(summary.read_text())
     rows = {r["method"]: r for r in data["rows"]}
     pyramid = "zippypoint_small-int8-x1.41+1"
-    assert set(rows) == {"orb_teblid", pyramid}
+    assert set(rows) == {"orb_teblid", pyramid, "zippypoint-fq", split}
     assert rows[pyramid]["network_ms"] > 0 and rows["orb_teblid"]["network_ms"] is None
     assert data["methods"][pyramid]["scales"] == [1.41, 1.0]
     assert all(r["total_ms"] > 0 and r["peak_rss_mb"] > 0 and r["threads"] == 1 for r in rows.values())
-    assert (tmp_path / "bench" / "summary.md").read_text().count(pyramid) >= 1
+    # the int8 path and its agreement with the trained network (fake quantization), the CPU it ran on
+    assert rows[split]["engine_path"] == "int8-split" and rows[split]["kp_agree"] >= 0.99
+    assert rows["zippypoint-fq"]["kp_agree"] == 1.0 and rows["orb_teblid"]["kp_agree"] is None
+    assert set(data["cpu"]["flags"]) >= {"avx2", "avx512_vnni", "amx_int8"} and data["int8_kernel_check"]
+    table = (tmp_path / "bench" / "summary.md").read_text()
+    assert table.count(pyramid) >= 1 and "CPU: " in table and "int8-split" in table
     assert (tmp_path / "bench" / "times.png").stat().st_size > 0

@@ -52,6 +52,10 @@ class Extractor:
 
     Attributes:
         name: backbone name; engine: the engine really used ("fp32", "int8", "onnx").
+        engine_path: how it runs: "int8-direct" (oneDNN int8 kernels exact on this CPU), "int8-split" (the
+            kernels saturate here, so each 8-bit conv reads its inputs in two halves below 129; exact),
+            "onnx-int8" / "onnx-fp32" (onnxruntime) or "fp32" (the fake-quantized torch network).
+        engine_reason: why that path (the load-time kernel check's finding, or why int8 was not possible).
         binary: True when descriptors are packed bits uint8 [N, 32].
         trained: False when running untrained (random) weights.
         weights_path / weights_sha256: the weights file used, if any.
@@ -99,6 +103,7 @@ class Extractor:
         self.shifts = check_shifts(shifts, self.cfg.cell)
         self.raw_descriptors = False
         self._config_name = self.name
+        self.engine_path, self.engine_reason = "", ""
         self.engine, self._net = self._make_engine(engine)
 
     @property
@@ -149,24 +154,66 @@ class Extractor:
 
     # --- engines -------------------------------------------------------------------------------
     def _make_engine(self, engine: str) -> tuple[str, NetFn]:
+        """(engine, network) for the requested engine; sets ``engine_path`` and ``engine_reason``."""
+        from zippy.quant import int8
+
         if engine in ("auto", "fp32") and self.cfg.topology == "fast":
             from zippy.models.fastnet import fold_for_inference
 
-            return "fp32", fold_for_inference(self.model)  # BN folded, descriptors at the keypoints only
-        if engine in ("auto", "int8"):
-            from zippy.quant import int8
+            self.engine_path = "fp32-folded"
+            self.engine_reason = "float convs with BatchNorm folded; descriptors computed at the keypoints only"
+            return "fp32", fold_for_inference(self.model)
 
+        notes = []
+        if engine in ("auto", "int8"):
             reason = int8.unsupported_reason(self.model)
             if reason is None:
-                return "int8", int8.convert(self.model)
+                net = int8.convert(self.model)
+                self.engine_path, self.engine_reason = f"int8-{net.kernel_path}", net.kernel_reason
+                return "int8", net
             if engine == "int8":
                 raise ValueError(f"engine 'int8' is not available for {self.name!r}: {reason}")
-            log.debug("int8 engine unavailable (%s): using fp32", reason)
+            notes.append(f"int8: {reason}")
+            log.debug("int8 engine unavailable (%s)", reason)
+        if engine == "auto" and int8.model_unsupported_reason(self.model) is None:
+            # a trained zippypoint network but no exact oneDNN path here (ARM, or x86 kernels that failed the
+            # check): the ONNX int8 graph, exact by construction on every CPU, checked against the model
+            net, why = self._checked_onnx_int8()
+            if net is not None:
+                self.engine_path, self.engine_reason = "onnx-int8", "; ".join([*notes, why])
+                return "onnx", net
+            notes.append(why)
         if engine == "onnx":
             from zippy.quant import onnx_engine
 
-            return "onnx", onnx_engine.OnnxNet(self.model)
+            net = onnx_engine.OnnxNet(self.model)
+            kind = "int8" if net.int8 else "fp32"
+            self.engine_path, self.engine_reason = f"onnx-{kind}", f"onnxruntime, the {kind} graph (requested)"
+            return "onnx", net
+        self.engine_path = "fp32"
+        self.engine_reason = "; ".join(notes) if notes else "requested"
         return "fp32", self.model
+
+    def _checked_onnx_int8(self) -> tuple[NetFn | None, str]:
+        """The onnxruntime int8 graph and why it is used, or (None, why not): it must reproduce the model's
+        score and descriptor maps on a small test image (a saturating kernel would miss them by far)."""
+        try:
+            from zippy.quant import onnx_engine
+
+            net = onnx_engine.OnnxNet(self.model, int8=True)
+        except ImportError as e:
+            return None, f"onnx: not available ({e})"
+        gen = torch.Generator().manual_seed(0)
+        x = F.interpolate(torch.rand(1, 3, 8, 12, generator=gen), size=(64, 96), mode="bilinear")
+        with torch.inference_mode():
+            ref, out = self.model(x), net(x)
+        # fraction of values within a tolerance, and the fraction needed: the heads round a little differently
+        # from the model's float convs, a saturating kernel would be off everywhere
+        need = {"score": (1e-3, 0.99), "coords": (0.05, 0.99), "desc": (1e-2, 0.95)}
+        close = {k: float(((out[k] - ref[k]).abs() <= tol).float().mean()) for k, (tol, _) in need.items()}
+        if any(close[k] < frac for k, (_, frac) in need.items()):
+            return None, f"onnx: the int8 graph missed the model on the load-time check ({close}, needed {need})"
+        return net, "onnxruntime's int8 graph (exact integer convs), checked against the model at load"
 
     # --- extraction ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -232,6 +279,7 @@ class Extractor:
                 "engine": self.engine,
                 "octave": octave,
                 "octave_scales": sorted(set(self.scales), reverse=True),
+                "engine_path": self.engine_path,
             }
             feats.append(Features(kpts.numpy(), scores.numpy(), desc.numpy(), (w, h), meta))
         return feats
@@ -287,4 +335,4 @@ class Extractor:
         src = os.fspath(self.weights_path) if self.weights_path else "random init"
         pyramid = f", scales={self.scales}" if self.scales != (1.0,) else ""
         pyramid += f", shifts={self.shifts}" if self.shifts != ((0, 0),) else ""
-        return f"Extractor({self.name!r}, engine={self.engine!r}, {state}, weights={src}{pyramid})"
+        return f"Extractor({self.name!r}, engine={self.engine!r} ({self.engine_path}), {state}, weights={src}{pyramid})"

@@ -240,6 +240,10 @@ class IntegerConvChain(nn.Sequential):
             n, m, b = self._params(conv, bn, quant)
             k = torch.round(xq / s_in)  # q - zp, exact integers
             acc = F.conv2d(k, n, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+            if torch.jit.is_tracing():
+                # exported graphs: a no-op on the exact integers that stops ONNX Runtime from folding the tail's
+                # multiply and add into the conv weights (which would round them differently)
+                acc = torch.round(acc)
             y = tail_reference(acc, m, b, act)
         for module in rest:
             y = module(y)

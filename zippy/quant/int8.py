@@ -36,9 +36,15 @@
   heads' ReLU outputs (float output, fed to the float score / position convs) and the descriptor map
   (float output).
 
-Kernels (API pinned to torch 2.13, see ``KERNELS``): ``torch.ops.onednn.qconv_prepack`` and
-``qconv2d_pointwise`` on plain uint8 tensors in channels-last layout, the operators that torch's PT2E
-x86 lowering emits (AMX / VNNI int8 kernels where present). They avoid ``torch.ao.quantization``
+Kernels (torch's private ops, tested with torch 2.13, see ``KERNELS``): ``torch.ops.onednn.qconv_prepack``
+and ``qconv2d_pointwise`` on plain uint8 tensors in channels-last layout, the operators that torch's PT2E
+x86 lowering emits (AMX / VNNI int8 kernels where present). They are used only after :func:`kernel_check`
+has run them on crafted convs with a known exact result, once per process: on CPUs whose int8 kernels are
+exact (VNNI / AMX) the convs read their inputs as they are ("direct"); on x86 without VNNI (AVX2, e.g.
+AMD Zen 3, or oneDNN held back by ONEDNN_MAX_CPU_ISA) the u8 x s8 kernel adds products in pairs with
+int16 saturation, so every 8-bit conv reads its inputs as two halves <= 128 instead ("split",
+:class:`Int8Conv`: the same integers at twice the multiplies); without an exact path (or without the
+ops) :func:`unsupported_reason` says why and ``zippy.load`` takes another engine. They avoid ``torch.ao.quantization``
 and the quantized tensor types that torch 2.13 deprecates, so no deprecation warning is raised.
 ``onednn.qadd.tensor`` is not used: in torch 2.13 its uint8 output wraps around instead of
 saturating. Re-gridding uses OpenCV's LUT kernel; the fused element-wise passes use numba.
@@ -58,12 +64,14 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import os
 import platform
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zippy.models.layers import ConvBNAct, Residual
@@ -73,11 +81,22 @@ from zippy.quant.layers import ActQuant, BinaryConv2d, QConv2d
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KERNELS", "Grid", "Int8KeypointNet", "convert", "unsupported_reason"]
+__all__ = [
+    "KERNELS",
+    "PATHS",
+    "Grid",
+    "Int8KeypointNet",
+    "KernelCheck",
+    "convert",
+    "kernel_check",
+    "model_unsupported_reason",
+    "unsupported_reason",
+]
 
 KERNELS = ("onednn::qconv_prepack", "onednn::qconv2d_pointwise")
 
 _UINT8_MAX = 255
+_HALF = 128  # uint8 inputs below this are exact in every x86 int8 kernel (see Int8Conv, split inputs)
 
 
 @dataclass(frozen=True)
@@ -161,8 +180,18 @@ def unsupported_reason(model: nn.Module) -> str | None:
     """Why the int8 engine cannot run ``model`` here, or None when it can.
 
     Reasons: not a zippypoint-topology network (float backbones have no trained grids), activation
-    ranges never trained (EMA not initialized), no x86 oneDNN int8 kernels in this torch build.
+    ranges never trained (EMA not initialized), no x86 oneDNN int8 kernels in this torch build, or
+    kernels that fail :func:`kernel_check` (no exact path on this CPU).
     """
+    reason = model_unsupported_reason(model)
+    if reason is not None:
+        return reason
+    check = kernel_check()
+    return None if check.path is not None else check.reason
+
+
+def model_unsupported_reason(model: nn.Module) -> str | None:
+    """Why ``model`` has no int8 form (whatever the CPU), or None: the network part of :func:`unsupported_reason`."""
     if not isinstance(model, KeypointNet):
         return f"expected a KeypointNet, got {type(model).__name__}"
     try:
@@ -173,7 +202,93 @@ def unsupported_reason(model: nn.Module) -> str | None:
     if missing:
         shown = ", ".join(missing[:4]) + (f" (+{len(missing) - 4} more)" if len(missing) > 4 else "")
         return f"activation ranges were never trained/calibrated: {shown}"
-    return _kernels_missing()
+    return None
+
+
+PATHS = {
+    "direct": "oneDNN's u8 x s8 int8 kernels are exact on this CPU (VNNI / AMX class)",
+    "split": (
+        "oneDNN's u8 x s8 int8 kernel saturates its int16 pair sums on this CPU (AVX2 without VNNI / AMX, "
+        "or ONEDNN_MAX_CPU_ISA): each 8-bit conv reads its inputs as two halves <= 128, exact at twice the multiplies"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class KernelCheck:
+    """Outcome of :func:`kernel_check`.
+
+    Attributes:
+        path: "direct" (inputs as they are), "split" (inputs in two halves <= 128, see :class:`Int8Conv`)
+            or None (no exact int8 path here; ``reason`` says why).
+        reason: a sentence for people: what was found and what runs.
+        direct_exact / split_exact: whether each form gave the exact integers (None: not run).
+        onednn_max_cpu_isa: the ONEDNN_MAX_CPU_ISA setting oneDNN saw (None: unset).
+    """
+
+    path: str | None
+    reason: str
+    direct_exact: bool | None = None
+    split_exact: bool | None = None
+    onednn_max_cpu_isa: str | None = None
+
+
+def _probe_cases() -> list[tuple[torch.Tensor, torch.Tensor, int, int]]:
+    """Crafted convs (weights int8 [O, I, k, k], input uint8 [1, I, H, W], padding, zero point) whose exact
+    result is known: inputs 255 against weights +-127 (every int16 pair sum of a ``vpmaddubsw`` kernel
+    overflows), a zero point, a padded 3x3 and random values."""
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for cin, k, pad, zp, random_x in ((64, 1, 0, 0, False), (16, 3, 1, 0, False), (32, 1, 0, 131, False),
+                                      (48, 3, 1, 0, True)):  # fmt: skip
+        w = torch.where(torch.rand(8, cin, k, k, generator=gen) < 0.5, -127, 127).to(torch.int8)
+        w[0], w[1] = 127, -127
+        w[2, ::2] = 127
+        if random_x:
+            x = torch.randint(0, 256, (1, cin, 5, 6), generator=gen, dtype=torch.uint8)
+        else:
+            x = torch.full((1, cin, 5, 6), _UINT8_MAX, dtype=torch.uint8)
+            x[..., 0, 0] = 0  # one pixel at the real zero - zp
+        cases.append((w, x.contiguous(memory_format=torch.channels_last), pad, zp))
+    return cases
+
+
+def _probe_exact(split: bool) -> bool:
+    """Whether Int8Conv (``split`` or not) gives the exact integers on every :func:`_probe_cases` conv."""
+    for w, x, pad, zp in _probe_cases():
+        conv = Int8Conv(w, torch.ones(w.shape[0], dtype=torch.float64), None, padding=pad,
+                        grid_in=Grid(1.0, zp), grid_out=None, split=split)  # fmt: skip
+        want = F.conv2d(F.pad(x.double() - zp, [pad] * 4), w.double())  # zero padding = the real zero
+        if not torch.equal(conv(x).double(), want):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_check() -> KernelCheck:
+    """Which int8 path is exact on this CPU, decided once per process by running the kernels.
+
+    A few crafted convs with a known exact result (:func:`_probe_cases`) run through :class:`Int8Conv`
+    as they are ("direct") and with split inputs ("split"). Running the kernels, rather than reading CPU
+    flags, also catches ONEDNN_MAX_CPU_ISA and torch builds whose private oneDNN ops changed.
+    """
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    missing = _kernels_missing()
+    if missing is not None:
+        return KernelCheck(None, missing, onednn_max_cpu_isa=isa)
+    try:
+        direct = _probe_exact(split=False)
+        split = None if direct else _probe_exact(split=True)
+    except (RuntimeError, TypeError) as e:  # a torch whose private oneDNN ops take other arguments
+        failed = f"torch {torch.__version__}'s oneDNN int8 ops failed the load-time check ({e})"
+        return KernelCheck(None, failed, onednn_max_cpu_isa=isa)
+    if direct:
+        return KernelCheck("direct", PATHS["direct"], True, None, isa)
+    if split:
+        return KernelCheck("split", PATHS["split"], False, True, isa)
+    return KernelCheck(
+        None, "oneDNN's int8 convs gave wrong integers on this CPU, even with inputs below 128", False, False, isa
+    )
 
 
 # ------------------------------------------------------------------------------------------------ layers
@@ -217,6 +332,15 @@ class Int8Conv(nn.Module):
     The integer products are the same; the float32 epilogue then rounds
     ``scale * (acc + zp * sum(w)) + (bias - scale * zp * sum(w))`` instead of ``scale * acc + bias``,
     so an output on a rounding boundary may move by one step (the heads' convs, where that is allowed).
+
+    Split inputs (``split=True``, :data:`PATHS` "split"): x86 CPUs without VNNI / AMX multiply uint8 by
+    int8 with ``vpmaddubsw``, which adds adjacent products in int16 with saturation: 255 * 127 * 2 does
+    not fit, so oneDNN's result is wrong for inputs >= 128. The conv then reads each input channel twice,
+    as ``a = s >> 1`` and ``b = s - a`` (s = x, or x + 1 for an odd zero point), both <= 128, with the
+    weights repeated: every pair of products stays within 2 * 128 * 127 = 32512, and
+    ``sum((a - z) + (b - z)) * w = sum(x - zp) * w`` with the kernel zero point ``z = (zp + 1) // 2``.
+    The same integers at twice the multiplies. ``input_max`` < 128 (the binary convs' {0, 1}) never splits;
+    ``split=None`` (default) splits where :func:`kernel_check` says this CPU needs it.
     """
 
     def __init__(
@@ -229,6 +353,8 @@ class Int8Conv(nn.Module):
         grid_in: Grid,
         grid_out: Grid | None,
         act: str = "none",
+        input_max: int = _UINT8_MAX,
+        split: bool | None = None,
     ):
         super().__init__()
         if act not in ("none", "relu", "hardswish"):
@@ -237,6 +363,7 @@ class Int8Conv(nn.Module):
         self.kernel_size = int(weight.shape[-1])
         self.padding = [padding, padding]
         self.grid_in, self.grid_out, self.act = grid_in, grid_out, act
+        self.input_max = int(input_max)
         # scales below float32's normal range would underflow in the kernel: such channels have zero weights
         self.w_scale64 = w_scale.double().clone()
         self.w_scale = w_scale.clamp_min(1e-30).float().contiguous()
@@ -252,9 +379,29 @@ class Int8Conv(nn.Module):
             shift = grid_in.zero_point * grid_in.scale * self.w_scale64 * self.weight_int8.double().sum((1, 2, 3))
             bias64 = -shift if self.bias64 is None else self.bias64 - shift
             self._kernel_zp, self._kernel_pad, self._kernel_bias = 0, [0, 0], bias64.float().contiguous()
+        self.split = False
+        self._kernel_weight, self._split_odd = self.weight_int8, 0
+        self.set_split(split)
 
         # inputs of a new shape every call (sparse positions) share one shape-free packing
         self.pack_by_shape = True
+
+    def set_split(self, split: bool | None) -> None:
+        """Read the inputs as two halves <= 128 (see the class doc), or not; None: as :func:`kernel_check` found
+        exact on this CPU. Always False when ``input_max`` < 128."""
+        if split is None:
+            split = kernel_check().path == "split"
+        split = bool(split) and self.input_max >= _HALF
+        if split == self.split:
+            return
+        self.split, self._packed = split, {}
+        zp = 0 if self.pad_zero_point else self.grid_in.zero_point
+        if split:
+            self._split_odd = zp % 2
+            self._kernel_zp = (zp + self._split_odd) // 2
+            self._kernel_weight = torch.cat([self.weight_int8, self.weight_int8], 1).contiguous()
+        else:
+            self._split_odd, self._kernel_zp, self._kernel_weight = 0, zp, self.weight_int8
 
     PACKED_SHAPES = 8  # input shapes whose packed weights are kept (bands, image sizes)
 
@@ -268,7 +415,7 @@ class Int8Conv(nn.Module):
                 self._packed.pop(next(iter(self._packed)))
             g = self.grid_in
             p = torch.ops.onednn.qconv_prepack(
-                self.weight_int8, self.w_scale, g.scale, self._kernel_zp, [1, 1], self._kernel_pad, [1, 1], 1,
+                self._kernel_weight, self.w_scale, g.scale, self._kernel_zp, [1, 1], self._kernel_pad, [1, 1], 1,
                 None if key is None else list(key),
             )  # fmt: skip
             self._packed[key] = p
@@ -282,6 +429,8 @@ class Int8Conv(nn.Module):
         )
         if self.pad_zero_point:
             x = _pad_with(x, self.padding[0], self.grid_in.zero_point)
+        if self.split:
+            x = split_halves(x, self._split_odd)
         return torch.ops.onednn.qconv2d_pointwise(
             x,
             self.grid_in.scale,
@@ -306,8 +455,35 @@ class Int8Conv(nn.Module):
         out = "float32" if self.grid_out is None else f"{self.grid_out}"
         return (
             f"{self.in_channels}, {self.out_channels}, k={self.kernel_size}, in={self.grid_in}, out={out}, "
-            f"act={self.act}"
+            f"act={self.act}" + (", split inputs" if self.split else "")
         )
+
+
+def split_halves(x: torch.Tensor, odd: int) -> torch.Tensor:
+    """uint8 [B, C, H, W] channels-last -> [B, 2C, H, W] channels-last: channels ``a = s >> 1`` then
+    ``b = s - a`` with ``s = x + odd`` (``odd`` 0 or 1), so that a + b = x + odd and a, b <= 128."""
+    b, c, h, w = x.shape
+    out = np.empty((b * h * w, 2 * c), np.uint8)
+    _split_kernel()(_nhwc(x), np.int32(odd), out)
+    return _from_nhwc(out, x)
+
+
+@functools.lru_cache(maxsize=1)
+def _split_kernel():
+    """numba kernel ``split(x, odd, out)`` of :func:`split_halves` on [N, C] -> [N, 2C]."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def split(x, odd, out):  # pragma: no cover - compiled
+        n, c = x.shape
+        for i in range(n):
+            for j in range(c):
+                s = np.int32(x[i, j]) + odd
+                a = s >> 1
+                out[i, j] = a
+                out[i, c + j] = s - a
+
+    return split
 
 
 def qconv_bn(
@@ -354,7 +530,9 @@ def binary_conv(conv: BinaryConv2d, where: str, *, clamp_uint8: bool) -> Int8Con
         raise _Unsupported(f"{where}: only stride 1, dilation 1, groups 1 binary convolutions are supported")
     scale = torch.full((s.shape[0],), 2.0, dtype=torch.float64)
     grid_out, act = (Grid(1.0, 0), "relu") if clamp_uint8 else (None, "none")
-    return Int8Conv(-s, scale, s.sum((1, 2, 3)), padding=conv.pad, grid_in=Grid(1.0, 0), grid_out=grid_out, act=act)
+    return Int8Conv(
+        -s, scale, s.sum((1, 2, 3)), padding=conv.pad, grid_in=Grid(1.0, 0), grid_out=grid_out, act=act, input_max=1
+    )
 
 
 def _nhwc(x: torch.Tensor) -> np.ndarray:
@@ -658,6 +836,7 @@ class ExactStem(nn.Module):
         w = _s2d_window_weights(n)
         self.acc = Int8Conv(w, ones, None, padding=0, grid_in=Grid(1.0, self.grid_in.zero_point), grid_out=None)
         self.m, self.b = np.tile(m.numpy(), 4), np.tile(b.numpy(), 4)
+        self.n = n  # the dense 3x3 integer weights int8 [C_out, C_in, 3, 3] (the ONNX exporter's)
         self.act, self.out_quant, self.grid_out = act, out_quant, Grid.of(out_quant)
         # the same chain as one folded full-resolution oneDNN conv: what the ONNX exporter writes
         self.conv = qconv_bn(conv, bn, self.grid_out, act, where)
@@ -982,6 +1161,16 @@ class Int8KeypointNet(nn.Module):
         # both heads read the same tensor; with equal input grids one conv (twice as wide) serves both
         self.heads = _merged_heads(plan.score, plan.position, model) if plan.heads_share_grid else None
         self.sparse_desc = SparseDescriptorTail(self.desc_convs[1], self.desc_convs[2])
+        self.kernel_path, self.kernel_reason = "direct", ""
+
+    def set_path(self, path: str, reason: str = "") -> None:
+        """Run every 8-bit conv "direct" or with "split" inputs (:class:`Int8Conv`); binary convs never split."""
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {list(PATHS)}, got {path!r}")
+        for m in self.modules():
+            if isinstance(m, Int8Conv):
+                m.set_split(path == "split")
+        self.kernel_path, self.kernel_reason = path, reason
 
     def quantize_image(self, x: torch.Tensor) -> torch.Tensor:
         """float [B, 3, H, W] in [0, 1] -> uint8 channels-last on the image grid (round(255 x), clamped)."""
@@ -1113,7 +1302,7 @@ class _Plan:
         return Regrid(self.res_quant, cba0[0].input_quant), nn.ModuleList([c0, c1, c2])
 
 
-def convert(model: nn.Module) -> Int8KeypointNet:
+def convert(model: nn.Module, path: str | None = None) -> Int8KeypointNet:
     """Convert a trained fake-quantized zippypoint network into a real int8 one.
 
     The original model is not modified. The quantization grids are the trained ones (see the module
@@ -1121,18 +1310,32 @@ def convert(model: nn.Module) -> Int8KeypointNet:
 
     Args:
         model: a zippypoint :class:`~zippy.models.KeypointNet` whose activation ranges were trained.
+        path: None (default) takes the path :func:`kernel_check` found exact on this CPU and raises when there
+            is none; "direct" or "split" forces one (tests, and the ONNX exporter, which runs no kernel).
 
     Returns:
         An :class:`Int8KeypointNet` (eval mode): float [B, 3, H, W] in [0, 1], H and W multiples of 8
         -> ``{"score": [B, 1, H/8, W/8], "coords": [B, 2, H/8, W/8], "desc": [B, D, H/4, W/4]}`` float32.
+        Its ``kernel_path`` / ``kernel_reason`` say which path runs and why.
 
     Raises:
         ValueError: the model or this machine is not supported (the message says why).
     """
-    reason = unsupported_reason(model)
-    if reason is not None:
-        raise ValueError(f"cannot convert to int8: {reason}")
+    if path is None:
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"cannot convert to int8: {reason}")
+        check = kernel_check()
+        path, why = check.path, check.reason
+    elif path in PATHS:
+        reason = model_unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"cannot convert to int8: {reason}")
+        why = f"{path} path requested"
+    else:
+        raise ValueError(f"path must be None or one of {list(PATHS)}, got {path!r}")
     with torch.no_grad():
         net = Int8KeypointNet(model).eval()
-    log.debug("int8 network built with %s", ", ".join(KERNELS))
+    net.set_path(path, why)
+    log.debug("int8 network built with %s, %s inputs (%s)", ", ".join(KERNELS), path, why)
     return net

@@ -9,12 +9,16 @@ returning ``score`` [B, 1, H/8, W/8], ``coords`` [B, 2, H/8, W/8] and ``desc`` [
   onnxscript package). Fake quantization of activations becomes QuantizeLinear / DequantizeLinear
   pairs; weights are stored already fake-quantized (8-bit) or as +-1 (binary). Works for every backbone.
 * **int8** (:func:`export_int8`): written node by node from :func:`zippy.quant.int8.convert`, so it
-  holds exactly the integer weights and trained grids of the int8 engine, in onnxruntime's integer
-  operators: binary convs as ``QLinearConv`` on b = (x < 0) with +-2 weights and integer bias (exact);
-  8-bit convs as ``ConvInteger`` (exact int32) followed by the folded float scale, bias and activation
-  and a ``QuantizeLinear`` onto the next trained grid (``QLinearConv`` would round the folded
-  BatchNorm bias to int32 steps and move the grids); residual adds and BatchNorms as
-  Dequantize -> float -> Quantize. Zippypoint only.
+  holds exactly the integer weights, trained grids and tables of the int8 engine, and computes what it
+  computes: every 8-bit conv as ``ConvInteger`` (exact int32 accumulators), then the float32 tail of
+  :mod:`zippy.quant.exact` (multiply, add, activation, the consumer's quantizer: clip, divide, round
+  half to even) where the chain feeds the binary layers, or the folded scale and bias elsewhere; binary
+  convs as ``QLinearConv`` / ``ConvInteger`` on b = (x < 0) with +-1 weights; the binary branches and
+  grid changes as table lookups (``Gather``). Exact on every CPU by construction: each 8-bit conv reads
+  its uint8 inputs as two halves <= 128 (``a = s >> 1``, ``b = s - a``, see
+  :class:`zippy.quant.int8.Int8Conv`), so kernels that add u8 x s8 products in pairs with int16 saturation
+  (x86 without VNNI: ONNX Runtime's MLAS U8S8 kernels, like oneDNN's) still give the exact integers.
+  Zippypoint only.
 
 :class:`OnnxNet` runs either graph with onnxruntime as a drop-in for the torch network.
 """
@@ -49,12 +53,15 @@ OUTPUTS = ("score", "coords", "desc")
 
 def _export_ready(model: nn.Module) -> nn.Module:
     """A copy whose weights are stored as the fake-quantized network uses them (same outputs)."""
+    from zippy.quant.exact import IntegerConvChain
     from zippy.quant.layers import BinaryConv2d, QConv2d, weight_fake_quant
 
     m = copy.deepcopy(model).eval()
+    # the integer-exact chains (stem, pools, shortcut) stay exact: their integer weights become constants
+    chain_convs = {id(c[0]) for c in m.modules() if isinstance(c, IntegerConvChain)}
     with torch.no_grad():
         for mod in m.modules():
-            if isinstance(mod, QConv2d) and mod.quant_enabled:
+            if isinstance(mod, QConv2d) and mod.quant_enabled and id(mod) not in chain_convs:
                 mod.weight.copy_(weight_fake_quant(mod.weight, mod.bits))
                 mod.quant_enabled = False  # per-channel [-127, 127] fake quant has no ONNX form
             elif isinstance(mod, BinaryConv2d):
@@ -146,31 +153,70 @@ class _Graph:
         return self.const(np.round(np.asarray(v, np.float64)).astype(np.int32).reshape(1, -1, 1, 1), hint)
 
 
-def _qlinear_conv(g: _Graph, q: str, conv: Any, grid_out: Any) -> str:
-    """QLinearConv of an Int8Conv onto ``grid_out`` (its float bias rounded to int32 steps of s_in * s_w)."""
-    s_in, zp_in = conv.grid_in.scale, conv.grid_in.zero_point
-    w_scale = conv.w_scale64.numpy()
-    bias = conv.bias64.numpy() if conv.bias64 is not None else np.zeros(conv.out_channels)
-    out = g.node(
-        "QLinearConv",
-        [
-            q,
-            g.const(np.float32(s_in), "xs"),
-            g.const(np.uint8(zp_in), "xzp"),
-            g.const(conv.weight_int8.numpy(), "w"),
-            g.const(w_scale.astype(np.float32), "ws"),
-            g.const(np.zeros(conv.out_channels, np.int8), "wzp"),
-            g.const(np.float32(grid_out.scale), "ys"),
-            g.const(np.uint8(grid_out.zero_point), "yzp"),
-            g.const(np.round(bias / (s_in * w_scale)).astype(np.int32), "bias"),
-        ],
-        pads=[conv.padding[0]] * 4,
-    )
-    if conv.act == "relu" and grid_out.zero_point > 0:
-        out = g.node("Max", [out, g.const(np.uint8(grid_out.zero_point), "zp")])  # ReLU = clamp at real 0
-    elif conv.act not in ("relu", "none"):
-        raise ValueError(f"QLinearConv path supports ReLU or no activation, got {conv.act!r}")
-    return out
+def _f32(g: _Graph, v: float, hint: str = "f") -> str:
+    return g.const(np.float32(v), hint)
+
+
+def _conv_integer(g: _Graph, q: str, n: torch.Tensor, zp: int, pad: int) -> str:
+    """float32 [B, O, H, W] = sum((q - zp) * n), exact: a float ``Conv`` of the integers q - zp (uint8 q) with
+    the integer weights n int8 [O, I, k, k]. In the chains that feed the binary layers every product and
+    partial sum is an integer below 2^24 (:func:`zippy.quant.exact.accumulator_bound`, checked when the int8
+    network is built), so float32 holds it exactly in any summation order, on every kernel; in the heads a
+    sum beyond 2^24 could round at float32 precision, as the model's own float heads do. Zero padding is the
+    real zero, as the model's. (ONNX Runtime's ``ConvInteger`` is exact
+    too, with the inputs split in halves <= 128 for the x86 kernels without VNNI, but ran 10x slower here.)
+    The ``Round`` after it is a no-op that keeps the optimizer from folding the next multiply into the weights.
+    """
+    x = g.node("Sub", [g.node("Cast", [q], to=g.TP.FLOAT), _f32(g, zp, "zp")])
+    w = g.const(n.float().numpy(), "w")
+    return g.node("Round", [g.node("Conv", [x, w], pads=[pad] * 4)])
+
+
+def _affine_act(g: _Graph, acc: str, m: Any, b: Any, act: str) -> str:
+    """float32 ``act(acc * m + b)`` of an exact float32 accumulator with per-channel m, b, operation by operation as
+    :func:`zippy.quant.exact.tail_reference` (a multiply then an add, never fused; hard-swish written out)."""
+    v = g.node("Add", [g.node("Mul", [acc, g.channel(m, "m")]), g.channel(b, "b")])
+    if act == "relu":
+        return g.node("Relu", [v])
+    if act == "hardswish":
+        c = g.node("Clip", [g.node("Add", [v, _f32(g, 3.0)]), _f32(g, 0.0), _f32(g, 6.0)])
+        return g.node("Div", [g.node("Mul", [v, c]), _f32(g, 6.0)])
+    if act != "none":
+        raise ValueError(f"unsupported activation {act!r}")
+    return v
+
+
+def _quantize(g: _Graph, v: str, grid: Any) -> str:
+    """float32 -> uint8 on ``grid`` as the model's fake quantizer rounds: clip to the grid's range, divide by the
+    float32 scale, round half to even, add the zero point (:func:`zippy.quant.exact.quantize_tail`)."""
+    s, zp = grid.scale, grid.zero_point
+    v = g.node("Clip", [v, _f32(g, (0 - zp) * s, "lo"), _f32(g, (255 - zp) * s, "hi")])
+    v = g.node("Add", [g.node("Round", [g.node("Div", [v, _f32(g, s, "scale")])]), _f32(g, zp, "zp")])
+    return g.node("Cast", [v], to=g.TP.UINT8)
+
+
+def _exact_chain(g: _Graph, q: str, chain: Any) -> str:
+    """An :class:`~zippy.quant.int8.ExactConv` / :class:`~zippy.quant.int8.ExactStem` (dense): uint8 on its
+    output grid, the same integers and float32 steps, so the same bits."""
+    from zippy.quant.int8 import ExactStem
+
+    if isinstance(chain, ExactStem):
+        c = chain.out_channels
+        n, m, b, pad = chain.n, chain.m[:c], chain.b[:c], 1
+    else:
+        n, m, b, pad = chain.acc.weight_int8, chain.m, chain.b, chain.acc.padding[0]
+    acc = _conv_integer(g, q, n, chain.grid_in.zero_point, pad)
+    return _quantize(g, _affine_act(g, acc, m, b, chain.act), chain.grid_out)
+
+
+def _int8_conv(g: _Graph, q: str, conv: Any) -> str:
+    """An :class:`~zippy.quant.int8.Int8Conv` (folded BatchNorm): ``act(s_in * s_w * acc + bias)``, float32, or
+    uint8 on its output grid."""
+    m = conv.grid_in.scale * conv.w_scale64.numpy()
+    b = conv.bias64.numpy() if conv.bias64 is not None else np.zeros(conv.out_channels)
+    acc = _conv_integer(g, q, conv.weight_int8, conv.grid_in.zero_point, conv.padding[0])
+    v = _affine_act(g, acc, m, b, conv.act)
+    return v if conv.grid_out is None else _quantize(g, v, conv.grid_out)
 
 
 def _lut(g: _Graph, q: str, table: np.ndarray, channels: int | None = None) -> str:
@@ -212,20 +258,15 @@ def _binary_residual(g: _Graph, x: str, block: Any) -> str:
             pads=[conv.padding[0]] * 4,
         )
         r = _lut(g, y, block.h_lut, conv.out_channels)
-    else:  # ranges above 255: the exact int32 accumulator (slower ConvInteger), then the tables
-        w = g.const(conv.weight_int8.numpy(), "wbin")
-        acc = g.node("ConvInteger", [b, w, g.const(np.uint8(0), "zp"), g.const(np.int8(0), "wzp")], pads=[1] * 4)
-        y = g.node("Add", [g.node("Mul", [acc, g.const(np.int32(2), "two")]), g.channel_int(conv.bias)])
+    else:  # ranges above 255: y as a float conv of b in {0, 1} (small integers: exact), then the tables
+        w = g.const((2 * conv.weight_int8.float()).numpy(), "wbin")  # -2s, bias sum(s) (see binary_conv)
+        y = g.node("Conv", [g.node("Cast", [b], to=g.TP.FLOAT), w, g.const(conv.bias.numpy(), "bias")], pads=[1] * 4)
         k = block.h_lut.shape[1]
-        y = g.node("Clip", [y, g.const(np.int32(0), "lo"), g.const(np.int32(k - 1), "hi")])
+        y = g.node("Cast", [g.node("Clip", [y, _f32(g, 0.0, "lo"), _f32(g, k - 1, "hi")])], to=g.TP.INT32)
         offsets = (np.arange(conv.out_channels, dtype=np.int32) * k).reshape(1, -1, 1, 1)
         table = block.h_lut.reshape(-1).astype(np.uint8)
         r = g.node("Gather", [g.const(table, "lut"), g.node("Add", [y, g.const(offsets, "off")])])
-    s = (
-        x
-        if block.shortcut is None
-        else _qlinear_conv(g, _regrid(g, x, block.shortcut[0]), block.shortcut[1].conv, block.grid_res)
-    )
+    s = x if block.shortcut is None else _exact_chain(g, _regrid(g, x, block.shortcut[0]), block.shortcut[1])
     t = g.node("Add", [g.node("Cast", [s], to=g.TP.INT32), g.node("Cast", [r], to=g.TP.INT32)])
     t = g.node("Sub", [t, g.const(np.int32(res_zp), "zp")])
     t = g.node("Clip", [t, g.const(np.int32(0), "lo"), g.const(np.int32(255), "hi")])
@@ -237,18 +278,6 @@ def _float_conv(g: _Graph, x: str, fc: Any) -> str:
     w = fc.taps.view(-1, 3, 3, o).permute(3, 0, 1, 2).contiguous()  # back to [O, C, 3, 3]
     b = np.asarray(fc.bias, np.float32)
     return g.node("Conv", [x, g.const(w.numpy(), "w"), g.const(b, "b")], pads=[1, 1, 1, 1])
-
-
-def _float_int8conv(g: _Graph, q: str, conv: Any) -> str:
-    """An Int8Conv computed in float on the dequantized input: (folded) int8 weights * scales, float bias."""
-    w = (conv.weight_int8.double() * conv.w_scale64.view(-1, 1, 1, 1)).float().numpy()
-    bias = conv.bias64.float().numpy() if conv.bias64 is not None else np.zeros(conv.out_channels, np.float32)
-    y = g.node("Conv", [g.dequant(q, conv.grid_in), g.const(w, "w"), g.const(bias, "b")], pads=[conv.padding[0]] * 4)
-    if conv.act == "relu":
-        y = g.node("Relu", [y])
-    elif conv.act == "hardswish":
-        y = g.node("HardSwish", [y])
-    return y if conv.grid_out is None else g.quant(y, conv.grid_out)
 
 
 def _tail(g: _Graph, logits: str, offsets: str, cfg: Any) -> tuple[str, str]:
@@ -279,77 +308,33 @@ def _tail(g: _Graph, logits: str, offsets: str, cfg: Any) -> tuple[str, str]:
     return score, g.node("Concat", coords, axis=1)
 
 
-def _calibration_images() -> list[np.ndarray]:
-    """Two real photos shipped with scikit-image (RGB uint8), resized to 240x320."""
-    import cv2
-    import skimage.data
+def _int8_bytes(model: nn.Module) -> bytes:
+    from zippy.quant.int8 import convert
 
-    return [
-        cv2.resize(im, (320, 240), interpolation=cv2.INTER_AREA)
-        for im in (skimage.data.astronaut(), skimage.data.coffee())
-    ]
-
-
-def _head_ranges(model: nn.Module, images: list[np.ndarray]) -> dict[str, float]:
-    """Largest ReLU output of the score / position head convs over ``images`` (the fake-quantized model)."""
-    from zippy.image import to_tensor
-
-    peaks = {"score_head": 0.0, "position_head": 0.0}
-    hooks = [
-        getattr(model, name)[0].register_forward_hook(
-            lambda m, i, o, name=name: peaks.__setitem__(name, max(peaks[name], float(o.detach().max())))
-        )
-        for name in peaks
-    ]
-    try:
-        training = model.training
-        model.eval()
-        with torch.no_grad():
-            for im in images:
-                x = to_tensor(im)
-                h, w = x.shape[-2:]
-                model(x[..., : h - h % 8, : w - w % 8])
-        model.train(training)
-    finally:
-        for h in hooks:
-            h.remove()
-    return peaks
-
-
-def _int8_bytes(model: nn.Module, calibration: list[np.ndarray] | None = None) -> bytes:
-    from zippy.quant.int8 import Grid, convert
-
-    net = convert(model)
-    images = calibration if calibration is not None else _calibration_images()
-    peaks = _head_ranges(model, images)
-    log.info(
-        "int8 ONNX: calibrated (no trained range) score / position head ReLU outputs on %d images: max %s",
-        len(images),
-        {k: round(v, 3) for k, v in peaks.items()},
-    )
+    net = convert(model, path="split")  # the structure only: no kernel runs here
     g = _Graph()
-    q = g.quant(INPUT, net.grid_image)
-    q = _float_int8conv(g, q, net.stem.conv)  # 3 input channels: a float conv, then hardswish and the grid
+    gi = net.grid_image  # quantize_image: round(x / scale) + zp as the stem computes it (x * (1 / scale))
+    q = g.node("Round", [g.node("Mul", [INPUT, _f32(g, 1.0 / gi.scale, "inv")])])
+    q = g.node("Clip", [g.node("Add", [q, _f32(g, gi.zero_point, "zp")]), _f32(g, 0.0), _f32(g, 255.0)])
+    q = _exact_chain(g, g.node("Cast", [q], to=g.TP.UINT8), net.stem)
     for regrid, pool, blocks in net.stages:
         s2d = g.node("SpaceToDepth", [q], blocksize=2)  # channel order (dy, dx, c), as the int8 engine's
-        q = _qlinear_conv(g, _regrid(g, s2d, regrid), pool.conv, pool.grid_out)
+        q = _exact_chain(g, _regrid(g, s2d, regrid), pool)
         for block in blocks:
             q = _binary_residual(g, q, block)
     for block in net.block8:
         q = _binary_residual(g, q, block)
     heads = []
-    for name, (regrid, conv, out) in (
-        ("score_head", (net.score_in, net.score_conv, net.score_out)),
-        ("position_head", (net.position_in, net.position_conv, net.position_out)),
+    for regrid, conv, out in (
+        (net.score_in, net.score_conv, net.score_out),
+        (net.position_in, net.position_conv, net.position_out),
     ):
-        grid = Grid(max(peaks[name], 1e-6) / 255.0, 0)
-        h = g.dequant(_qlinear_conv(g, _regrid(g, q, regrid), conv, grid), grid)
-        heads.append(_float_conv(g, h, out))
+        heads.append(_float_conv(g, _int8_conv(g, _regrid(g, q, regrid), conv), out))
     score, coords = _tail(g, heads[0], heads[1], net.cfg)
     c0, c1, c2 = net.desc_convs
-    d = _qlinear_conv(g, _regrid(g, q, net.desc_in), c0, c0.grid_out)
+    d = _int8_conv(g, _regrid(g, q, net.desc_in), c0)
     d = g.node("DepthToSpace", [d], blocksize=2, mode="DCR")  # c0's channels are in (dy, dx, c) order
-    desc = _float_int8conv(g, _qlinear_conv(g, d, c1, c1.grid_out), c2)  # float descriptor map
+    desc = _int8_conv(g, _int8_conv(g, d, c1), c2)  # float descriptor map
     h = g.helper
     outputs = []
     shapes = (
@@ -375,24 +360,18 @@ def _int8_bytes(model: nn.Module, calibration: list[np.ndarray] | None = None) -
     return onnx_model.SerializeToString()
 
 
-def export_int8(model: nn.Module, path: str | os.PathLike, calibration: list[np.ndarray] | None = None) -> Path:
+def export_int8(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write the int8 ONNX graph of a trained zippypoint ``model`` to ``path`` (atomic).
-
-    The score / position heads' ReLU outputs have no trained range; the int8 graph quantizes them on
-    [0, max] measured on ``calibration`` (RGB uint8 images; default: two scikit-image photos).
 
     Raises:
         ValueError: the model cannot be converted to int8 (the message says why).
     """
-    return _write(path, _int8_bytes(model, calibration))
+    return _write(path, _int8_bytes(model))
 
 
-def onnx_bytes(model: nn.Module, *, int8: bool, calibration: list[np.ndarray] | None = None) -> bytes:
-    """The serialized ONNX graph (int8 or fp32) of ``model``.
-
-    ``calibration``: RGB uint8 images for the int8 graph's head ranges (default: two scikit-image photos).
-    """
-    return _int8_bytes(model, calibration) if int8 else _fp32_bytes(model)
+def onnx_bytes(model: nn.Module, *, int8: bool) -> bytes:
+    """The serialized ONNX graph (int8 or fp32) of ``model``."""
+    return _int8_bytes(model) if int8 else _fp32_bytes(model)
 
 
 def _write(path: str | os.PathLike, data: bytes) -> Path:
@@ -421,7 +400,6 @@ class OnnxNet:
             :func:`zippy.quant.int8.unsupported_reason` allows it (ignoring the missing x86 kernels,
             which onnxruntime does not need), else fp32.
         threads: onnxruntime intra-op threads (default: torch.get_num_threads()).
-        calibration: images for the int8 graph's head ranges (see :func:`export_int8`).
 
     Attributes:
         int8: whether the graph is the int8 one (None when loaded from a file or bytes).
@@ -433,7 +411,6 @@ class OnnxNet:
         *,
         int8: bool | None = None,
         threads: int | None = None,
-        calibration: list[np.ndarray] | None = None,
     ):
         import onnxruntime as ort
 
@@ -442,7 +419,7 @@ class OnnxNet:
             if int8 is None:
                 int8 = _int8_possible(model)
             self.int8 = bool(int8)
-            data = onnx_bytes(model, int8=self.int8, calibration=calibration)
+            data = onnx_bytes(model, int8=self.int8)
         elif isinstance(model, bytes):
             data = model
         else:
@@ -474,9 +451,7 @@ def _int8_possible(model: nn.Module) -> bool:
 
     if not isinstance(model, KeypointNet):
         return False
-    try:
-        int8._Plan(model)
-    except (ValueError, TypeError) as e:
-        log.debug("onnx engine: fp32 graph (%s)", e)
-        return False
-    return not int8._uninitialized(model)
+    reason = int8.model_unsupported_reason(model)
+    if reason is not None:
+        log.debug("onnx engine: fp32 graph (%s)", reason)
+    return reason is None
