@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from zippy.features import compare_features
+
 HELP = "export a compact deployment file or an ONNX graph (fp32 / int8), checked with onnxruntime"
 
 # check thresholds: fraction of the trained network's keypoints found within 0.05 px, fraction of those with
@@ -70,44 +72,13 @@ def _check_images(paths: list[str] | None, size: str) -> list[Any]:
     return [cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images]
 
 
-def compare_features(ref: list[Any], test: list[Any]) -> dict[str, float]:
-    """Keypoints of ``ref`` found in ``test`` within 0.05 px, and how many of those have the same descriptor.
-
-    Returns:
-        {"keypoints_matched": fraction of ref keypoints, "descriptors_identical": fraction of matched ones
-        (binary: equal bytes; float: cosine >= 0.999), "n_ref": total ref keypoints}.
-    """
-    import numpy as np
-
-    n_ref = matched = same = 0
-    for a, b in zip(ref, test):
-        n_ref += len(a)
-        if len(a) == 0 or len(b) == 0:
-            continue
-        d = np.linalg.norm(a.keypoints[:, None] - b.keypoints[None], axis=-1)
-        j = d.argmin(1)
-        ok = d[np.arange(len(a)), j] < 0.05
-        matched += int(ok.sum())
-        da, db = a.descriptors[ok], b.descriptors[j[ok]]
-        if a.is_binary:
-            same += int(np.all(da == db, axis=1).sum())
-        else:
-            cos = (da * db).sum(1) / np.maximum(np.linalg.norm(da, axis=1) * np.linalg.norm(db, axis=1), 1e-12)
-            same += int((cos >= 0.999).sum())
-    return {
-        "keypoints_matched": matched / max(n_ref, 1),
-        "descriptors_identical": same / max(matched, 1),
-        "n_ref": float(n_ref),
-    }
-
-
 def _report(kind: str, figures: dict[str, float]) -> int:
     need_kp, need_desc = THRESHOLDS[kind]
-    ok = figures["keypoints_matched"] >= need_kp and figures["descriptors_identical"] >= need_desc
+    ok = figures["keypoints_found"] >= need_kp and figures["descriptors_identical"] >= need_desc
     print(
-        f"check ({kind}): keypoints matched {figures['keypoints_matched']:.4f} (need {need_kp}), "
+        f"check ({kind}): keypoints matched {figures['keypoints_found']:.4f} (need {need_kp}), "
         f"identical descriptors {figures['descriptors_identical']:.4f} (need {need_desc}) "
-        f"over {int(figures['n_ref'])} keypoints: {'OK' if ok else 'FAILED'}"
+        f"over {int(figures['n_reference'])} keypoints: {'OK' if ok else 'FAILED'}"
     )
     return 0 if ok else 1
 

@@ -78,6 +78,7 @@ __all__ = ["DEFAULT_METHODS", "BenchConfig", "main", "run", "run_memory", "run_t
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FRAMES = REPO_ROOT.parent / "shared" / "data" / "localization" / "tum_freiburg_sequence"
 DEFAULT_METHODS = (
+    "zippyfast",
     "zippypoint-fp32",
     "zippypoint-fq",
     "zippypoint-int8",
@@ -108,6 +109,7 @@ ZIPPY_VARIANTS = {
     "zippypoint_small-int8": ("zippypoint_small", "int8", True, (1.0,), ONE),
     "zippypoint_small-int8-x1.41+1": ("zippypoint_small", "int8", True, (1.41, 1.0), ONE),
     "kp2d-fp32": ("kp2d", "fp32", True, (1.0,), ONE),
+    "zippyfast": ("zippyfast", "auto", True, (1.0,), ONE),
 }
 INT8_PATH = {"zippypoint-int8-split": "split"}  # variants that force an int8 path (else: the kernel check's)
 REFERENCE = "zippypoint-fq"  # the trained network, which the agreement columns compare with
@@ -333,7 +335,7 @@ def run_timing(cfg: BenchConfig, size: tuple[int, int], threads: int) -> list[di
 
 def _agreement(methods: dict[str, Any], feats: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
     """kp_agree / desc_agree of every zippypoint variant at one scale and grid against :data:`REFERENCE`."""
-    from zippy_eval.int8_check import compare_features
+    from zippy.features import compare_features
 
     if REFERENCE not in feats:
         return {}
@@ -430,6 +432,21 @@ def target_checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if small:
             out[f"{prefix}int8_240x320_extract_plus_match_ms"] = small["total_plus_match_ms"]
             out[f"{prefix}int8_240x320_under_20ms"] = small["total_plus_match_ms"] < TARGET_MATCH_MS
+    # the CPU-first network: whole extract <= 1/2 of SIFT's (aim 1/4), extract + match >= 30 FPS, within 2x of ORB
+    for h in (480, 240):
+        fast = _row(rows, "zippyfast", h, 1)
+        if fast is None:
+            continue
+        size = f"{h}x{h * 4 // 3}"
+        for other in ("sift", "orb", "orb_teblid"):
+            o = _row(rows, other, h, 1)
+            if o:
+                out[f"fast_total_vs_{other}_{size}"] = fast["total_ms"] / o["total_ms"]
+        if f"fast_total_vs_sift_{size}" in out:
+            out[f"fast_half_of_sift_{size}_met"] = out[f"fast_total_vs_sift_{size}"] <= 0.5
+        fps = 1e3 / fast["total_plus_match_ms"]
+        out[f"fast_extract_plus_match_fps_{size}"] = fps
+        out[f"fast_30fps_{size}_met"] = fps >= 30.0
     return out
 
 

@@ -22,10 +22,10 @@ def images(photo):
 
 
 def _agreement(ref: Extractor, test: Extractor, images) -> tuple[float, float]:
-    from zippy_apps.cmd_export import compare_features
+    from zippy.features import compare_features
 
     f = compare_features([ref.extract(im) for im in images], [test.extract(im) for im in images])
-    return f["keypoints_matched"], f["descriptors_identical"]
+    return f["keypoints_found"], f["descriptors_identical"]
 
 
 def _onnx_extractor(model, net) -> Extractor:
@@ -91,8 +91,8 @@ def test_int8_graph_reproduces_the_trained_network_on_real_photos(shared_data, t
     top 1000): the trained network's keypoints and >= 99 % of its descriptors."""
     import cv2
 
+    from zippy.features import compare_features
     from zippy.image import read_image
-    from zippy_eval.int8_check import compare_features
 
     tum = sorted((shared_data / "localization" / "tum_freiburg_sequence").glob("*.png"))[:1]
     dev = sorted((shared_data / "train_images").glob("bsds500_test_*.jpg"))[:2]

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from int8_check import compare_features
 
 from zippy.cpu import cpu_info
 from zippy.extractor import Extractor
+from zippy.features import compare_features
 from zippy.models import KeypointNet, ModelConfig
 from zippy.postprocess import packed_topk, select_keypoints
 from zippy.quant import int8, set_fake_quant

@@ -18,41 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from zippy.features import Features
+from zippy.features import compare_features
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["compare_features", "main", "run"]
+__all__ = ["main", "run"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEV_PHOTOS = REPO_ROOT.parent / "shared" / "data" / "train_images"
-
-
-def compare_features(ref: Sequence[Features], test: Sequence[Features], tol_px: float = 0.05) -> dict[str, float]:
-    """Agreement of two extractors on the same images.
-
-    Returns:
-        ``keypoints_found``: fraction of reference keypoints with a test keypoint within ``tol_px``;
-        ``descriptors_identical``: fraction of those found whose descriptors are bit-identical;
-        ``n_reference``: reference keypoints in total.
-    """
-    n = matched = same = 0
-    for a, b in zip(ref, test, strict=True):
-        n += len(a)
-        if not len(a) or not len(b):
-            continue
-        d = np.linalg.norm(a.keypoints[:, None] - b.keypoints[None], axis=-1)
-        j = d.argmin(1)
-        ok = d[np.arange(len(a)), j] < tol_px
-        matched += int(ok.sum())
-        same += int(np.all(a.descriptors[ok] == b.descriptors[j[ok]], axis=1).sum())
-    return {
-        "keypoints_found": matched / max(n, 1),
-        "descriptors_identical": same / max(matched, 1),
-        "n_reference": float(n),
-    }
 
 
 def run(

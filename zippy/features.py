@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "Features",
+    "compare_features",
     "h5_names",
     "load_features",
     "pack_bits",
@@ -281,3 +283,39 @@ def h5_names(h5file: Any) -> list[str]:
 
     h5file.visititems(visit)
     return sorted(n for n in names if n)
+
+
+def compare_features(ref: Sequence[Features], test: Sequence[Features], tol_px: float = 0.05) -> dict[str, float]:
+    """Agreement of two extractors (e.g. two engines of one network) on the same images.
+
+    Args:
+        ref, test: features of the same images, in the same order.
+        tol_px: a reference keypoint is found when a test keypoint lies within this distance.
+
+    Returns:
+        ``keypoints_found``: fraction of reference keypoints with a test keypoint within ``tol_px``;
+        ``descriptors_identical``: fraction of those found whose descriptors are identical (binary: equal bytes;
+        float: cosine >= 0.999); ``n_reference``: reference keypoints in total.
+    """
+    if len(ref) != len(test):
+        raise ValueError(f"compare_features needs features of the same images, got {len(ref)} and {len(test)}")
+    n = matched = same = 0
+    for a, b in zip(ref, test):
+        n += len(a)
+        if not len(a) or not len(b):
+            continue
+        d = np.linalg.norm(a.keypoints[:, None] - b.keypoints[None], axis=-1)
+        j = d.argmin(1)
+        ok = d[np.arange(len(a)), j] < tol_px
+        matched += int(ok.sum())
+        da, db = a.descriptors[ok], b.descriptors[j[ok]]
+        if a.is_binary:
+            same += int(np.all(da == db, axis=1).sum())
+        else:
+            cos = (da * db).sum(1) / np.maximum(np.linalg.norm(da, axis=1) * np.linalg.norm(db, axis=1), 1e-12)
+            same += int((cos >= 0.999).sum())
+    return {
+        "keypoints_found": matched / max(n, 1),
+        "descriptors_identical": same / max(matched, 1),
+        "n_reference": float(n),
+    }
