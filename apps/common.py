@@ -12,7 +12,7 @@ from zippy_apps.eval_args import add_nms_option, add_scales_option, add_shifts_o
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--model, --weights, --engine, --scales, --shifts, --nms-radius, --max-keypoints, --threshold."""
+    """--model, --weights, --engine, --scales, --shifts, --nms-radius, --max-keypoints, --threshold, --max-pixels."""
     p.add_argument("--model", default="zippypoint", help="backbone name (default zippypoint)")
     p.add_argument("--weights", default=None, help="weights file (default: the shipped weights of --model)")
     p.add_argument("--engine", default="auto", help="auto, int8, fp32 or onnx (default auto)")
@@ -21,6 +21,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     add_nms_option(p)
     p.add_argument("--max-keypoints", type=int, default=1000)
     p.add_argument("--threshold", type=float, default=None, help="minimum keypoint score")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=4096 * 4096,
+        help="refuse larger images (pixels per pass, default 4096x4096 = 16777216; about 1.2 GB of memory)",
+    )
 
 
 def load_extractor(args: argparse.Namespace):
@@ -36,6 +42,7 @@ def load_extractor(args: argparse.Namespace):
         scales=args.scales,
         shifts=args.shifts,
         nms_radius=args.nms_radius,
+        max_pixels=args.max_pixels,
     )
     if not ex.trained:
         print(f"note: {args.model} runs with UNTRAINED random weights (no trained weights found)", file=sys.stderr)

@@ -45,6 +45,7 @@ def load(
     scales: Sequence[float] = (1.0,),
     shifts: Sequence[Sequence[int]] = ((0, 0),),
     nms_radius: float = DEFAULT_NMS_RADIUS,
+    max_pixels: int | None = 4096 * 4096,
 ) -> Extractor:
     """Build an extractor by model name (see :func:`available_models`).
 
@@ -60,17 +61,27 @@ def load(
             (dx, dy), e.g. ((0, 0), (4, 4)): the network's keypoints and descriptors depend on where a point
             falls in its cell, and a second grid half a cell away finds and describes points the first
             misses (more accurate, costs one more pass per shift); default ((0, 0),), one grid.
+        max_pixels: largest image accepted, in pixels per pass (height x width x the largest scale squared);
+            larger images raise ValueError (resize them, or raise this; None: no limit). Default 4096 x 4096
+            (16.8 MP, about 1.2 GB of memory).
         nms_radius: keypoint NMS radius in px between neighbouring 8x8 cells (default 1; 0: none). Session 8
             lowered it from 4, which raised MMA@3 on the development split (docs/hpatches.md, "Session 8").
 
     Raises:
-        ValueError: unknown name or engine (the message lists the choices).
+        TypeError: ``name`` is not a str, or ``weights`` not a path.
+        ValueError: unknown name or engine (the message lists the choices); a weights file that is not one.
         FileNotFoundError: ``weights`` names a file that does not exist.
     """
     from zippy.extractor import Extractor
 
     return Extractor.from_name(
-        name, weights=weights, engine=engine, scales=scales, shifts=shifts, nms_radius=nms_radius
+        name,
+        weights=weights,
+        engine=engine,
+        scales=scales,
+        shifts=shifts,
+        nms_radius=nms_radius,
+        max_pixels=max_pixels,
     )
 
 

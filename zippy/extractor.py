@@ -66,10 +66,43 @@ def check_nms_radius(nms_radius: float) -> float:
     return float(nms_radius)
 
 
+MAX_KEYPOINTS_LIMIT = 2**31 - 1
+"""Largest ``max_keypoints`` (the keypoint kernels count in int32/int64; larger values are meaningless)."""
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+"""Largest image :meth:`Extractor.extract` takes by default, in pixels per pass (height x width x the largest
+pyramid scale squared): 16.8 MP, about 1.2 GB of memory and 20 s with the shipped network on one core of a
+2-core machine (a 6000x8000 photo takes 3.5 GB and 59 s). Resize larger images (``zippy.image.resize_image``)
+or raise the limit with ``zippy.load(..., max_pixels=...)`` / ``--max-pixels``."""
+
+
 def _check_max_keypoints(max_keypoints: int) -> int:
-    if isinstance(max_keypoints, bool) or not isinstance(max_keypoints, (int, np.integer)) or max_keypoints <= 0:
-        raise ValueError(f"max_keypoints must be a positive integer, got {max_keypoints!r}")
+    if (
+        isinstance(max_keypoints, bool)
+        or not isinstance(max_keypoints, (int, np.integer))
+        or not 0 < max_keypoints <= MAX_KEYPOINTS_LIMIT
+    ):
+        raise ValueError(f"max_keypoints must be an integer in [1, {MAX_KEYPOINTS_LIMIT}], got {max_keypoints!r}")
     return int(max_keypoints)
+
+
+def _check_threshold(threshold: float | None) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+        raise ValueError(f"threshold must be a number in [0, 1] or None, got {type(threshold).__name__} {threshold!r}")
+    if not 0.0 <= float(threshold) <= 1.0:  # NaN fails too
+        raise ValueError(f"threshold must be in [0, 1] or None, got {threshold!r}")
+    return float(threshold)
+
+
+def check_max_pixels(max_pixels: int | None) -> int | None:
+    """Validate the image size limit: a positive integer, or None for no limit."""
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels <= 0:
+        raise ValueError(f"max_pixels must be a positive integer or None (no limit), got {max_pixels!r}")
+    return int(max_pixels)
 
 
 class Extractor:
@@ -109,6 +142,7 @@ class Extractor:
         nms_radius: float = DEFAULT_NMS_RADIUS,
         scales: Sequence[float] = (1.0,),
         shifts: Sequence[Sequence[int]] = ((0, 0),),
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
         self.model = model.eval()
         self.cfg: ModelConfig = model.cfg
@@ -121,6 +155,7 @@ class Extractor:
         self.nms_radius = check_nms_radius(nms_radius)
         self.scales = check_scales(scales)
         self.shifts = check_shifts(shifts, self.cfg.cell)
+        self.max_pixels = check_max_pixels(max_pixels)
         self.raw_descriptors = False
         self.engine, self._net = self._make_engine(engine)
 
@@ -134,8 +169,13 @@ class Extractor:
         scales: Sequence[float] = (1.0,),
         shifts: Sequence[Sequence[int]] = ((0, 0),),
         nms_radius: float = DEFAULT_NMS_RADIUS,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> Extractor:
         """See :func:`zippy.load`."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a model name (str), got {type(name).__name__} {name!r}")
+        if weights is not None and not isinstance(weights, (str, os.PathLike)):
+            raise TypeError(f"weights must be a path (str or os.PathLike) or None, got {type(weights).__name__}")
         backbones = available()
         shipped = shipped_weights(name)
         if name not in backbones and shipped is None:
@@ -149,13 +189,20 @@ class Extractor:
             log.warning("no trained weights ship for %r: using UNTRAINED random weights", name)
             torch.manual_seed(0)
             net = KeypointNet(ModelConfig(backbone=name))
-            return cls(net, engine=engine, scales=scales, shifts=shifts, nms_radius=nms_radius)
+            return cls(net, engine=engine, scales=scales, shifts=shifts, nms_radius=nms_radius, max_pixels=max_pixels)
         cfg, state, meta = load_weights(path)
         if cfg.backbone != name and weights is not None:
             log.info("weights %s hold backbone %r (asked for %r): using the file's", path, cfg.backbone, name)
         model = build_model(cfg, state)
         return cls(
-            model, engine=engine, weights_path=path, meta=meta, scales=scales, shifts=shifts, nms_radius=nms_radius
+            model,
+            engine=engine,
+            weights_path=path,
+            meta=meta,
+            scales=scales,
+            shifts=shifts,
+            nms_radius=nms_radius,
+            max_pixels=max_pixels,
         )
 
     # --- engines -------------------------------------------------------------------------------
@@ -214,9 +261,15 @@ class Extractor:
 
     def _extract_tensor(self, x: torch.Tensor, max_keypoints: int, threshold: float | None) -> list[Features]:
         max_keypoints = _check_max_keypoints(max_keypoints)
-        if threshold is not None and not (0.0 <= float(threshold) <= 1.0):
-            raise ValueError(f"threshold must be in [0, 1] or None, got {threshold!r}")
+        threshold = _check_threshold(threshold)
         _, _, h, w = x.shape
+        pixels = round(h * w * max(self.scales) ** 2)
+        if self.max_pixels is not None and pixels > self.max_pixels:
+            raise ValueError(
+                f"image of {w}x{h} px is too large: {pixels} px per pass (x the largest scale squared) exceeds "
+                f"max_pixels={self.max_pixels}; resize it (zippy.image.resize_image) or raise the limit "
+                "with zippy.load(..., max_pixels=N) (command line: --max-pixels N)"
+            )
         feats = []
         # One image per network call: oneDNN picks other kernels for other batch sizes, and float rounding
         # differences can flip fake-quantized values; per-image calls make a batch give exactly the
