@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from zippy.features import save_features
     from zippy.image import read_image
+    from zippy.io import remove_temps_of
 
     paths = [Path(p) for p in args.images]
     for p in paths:  # fail before any work on a missing file
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     names = output_names(paths, f".{args.format}")
     ex = load_extractor(args)
     for p, name in tqdm(list(zip(paths, names)), desc="detect", disable=len(paths) < 5):
+        remove_temps_of(out / name)  # left by a killed run
         feats = ex.extract(read_image(p), args.max_keypoints, args.threshold)
         path = save_features(feats, out / name)
         print(f"{p}: {len(feats)} keypoints -> {path}")

@@ -4,7 +4,7 @@ The loop is :func:`run_stream` (drawing, window, annotated video, JSONL stats lo
 iterator of :func:`zippy_apps.stream.track`; the benchmark (``zippy_eval.bench_stream``) runs the same loop.
 
 Outputs are finalized on every exit path (end of stream, ``--max-frames``, q / Esc in the window,
-Ctrl-C, an error): the video and log are written under ``*.partial`` names and renamed at the end,
+Ctrl-C, an error): the video and log are written under temporary names (:mod:`zippy.io`) and renamed at the end,
 and the summary (mean / p50 / p90 FPS and stage times) is printed and written next to the log as
 ``<log stem>.summary.json``.
 """
@@ -175,8 +175,13 @@ class _Outputs:
     :meth:`finalize` moves them into place."""
 
     def __init__(self, out: Path | None, log: Path | None, fps: float):
-        from zippy.io import AtomicFile
+        from zippy.io import AtomicFile, remove_temps_of
 
+        for path in (out, log):  # what a killed run left
+            if path is not None:
+                remove_temps_of(path)
+                if path == log:
+                    remove_temps_of(summary_path(path))
         self.out, self.log, self.fps = out, log, fps
         self.video_frames = 0
         self._writer: Any = None

@@ -82,7 +82,7 @@ def _check_max_keypoints(max_keypoints: int) -> int:
         or not isinstance(max_keypoints, (int, np.integer))
         or not 0 < max_keypoints <= MAX_KEYPOINTS_LIMIT
     ):
-        raise ValueError(f"max_keypoints must be an integer in [1, {MAX_KEYPOINTS_LIMIT}], got {max_keypoints!r}")
+        raise ValueError(f"max_keypoints must be a positive integer <= {MAX_KEYPOINTS_LIMIT}, got {max_keypoints!r}")
     return int(max_keypoints)
 
 

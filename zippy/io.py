@@ -36,6 +36,7 @@ __all__ = [
     "file_mode",
     "is_temp_name",
     "remove_temp_files",
+    "remove_temps_of",
     "temp_files",
     "write_bytes",
     "write_text",
@@ -209,6 +210,31 @@ def temp_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
         return []
     found = folder.rglob(f"*{TEMP_MARK}*") if recursive else folder.glob(f"*{TEMP_MARK}*")
     return sorted(p for p in found if p.is_file() and is_temp_name(p.name))
+
+
+def remove_temps_of(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of target ``path`` left by a killed writer (``<name>.<random>.tmp<suffix>``).
+
+    Safe in a shared folder: only the leftovers of this one target are touched. Returns the removed paths.
+    """
+    path = Path(path)
+    removed = []
+    if path.parent.is_dir():
+        for p in path.parent.glob(f"{glob_escape(path.name)}.*{TEMP_MARK}*"):
+            m = _TEMP_RE.match(p.name)
+            if m is not None and m["target"] == path.name and is_temp_name(p.name) and p.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+                    logger.warning("removed %s, the temporary file of an interrupted write", p)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters escaped."""
+    import glob
+
+    return glob.escape(name)
 
 
 def remove_temp_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
