@@ -70,7 +70,14 @@ import cv2, numpy, torch  # noqa: F401
 import zippy.extractor, zippy.train.trainer, zippy_eval.hpatches.pipeline, zippy_eval.methods  # noqa: F401
 import zippy_apps.cmd_detect, zippy_apps.cmd_stream, zippy_apps.cmd_train  # noqa: F401
 import zippy_apps.cmd_eval_hpatches  # noqa: F401
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot  # noqa: F401
+from zippy.matching import match_hamming
 from zippy_apps.cli import main
+
+match_hamming(numpy.zeros((2, 32), numpy.uint8), numpy.zeros((3, 32), numpy.uint8))  # load the numba kernel
 
 out = os.fdopen(os.dup(1), "w")
 for line in sys.stdin:

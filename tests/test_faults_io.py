@@ -233,3 +233,21 @@ def test_load_features_of_a_truncated_file_is_a_value_error(tmp_path: Path) -> N
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="not a readable feature file"):
         load_features(path)
+
+
+def test_folder_written_as_a_whole(tmp_path: Path, umask_022) -> None:
+    from zippy import io
+
+    target = tmp_path / "seq"
+    with io.atomic_folder(target) as tmp:
+        (tmp / "1.png").write_bytes(b"one")
+    assert sorted(p.name for p in target.iterdir()) == ["1.png"] and target.stat().st_mode & 0o777 == 0o755
+    with pytest.raises(OSError, match="No space"):
+        with io.atomic_folder(target) as tmp:
+            (tmp / "2.png").write_bytes(b"two")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert sorted(p.name for p in target.iterdir()) == ["1.png"]  # the old folder, whole
+    with io.atomic_folder(target) as tmp:
+        (tmp / "3.png").write_bytes(b"three")
+    assert sorted(p.name for p in target.iterdir()) == ["3.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seq"]  # no temporary or old folder left

@@ -89,11 +89,15 @@ def kill_and_rerun(
     return log
 
 
-def _reset(folder: Path) -> Callable[[], None]:
+def _reset(folder: Path, keep: bool = False) -> Callable[[], None]:
+    """Delete ``folder`` (``keep``: leave it there, empty)."""
+
     def reset() -> None:
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)
+        if keep:
+            folder.mkdir(parents=True)
 
     return reset
 
@@ -221,8 +225,8 @@ def test_kill_stream(tmp_path: Path, seeds: list[int]) -> None:
     log, video = out / "s.jsonl", out / "s.avi"
     argv = ["stream", "--source", str(frames), "--headless", "--model", "orb", "--size", "96x128", "--threads", "1"]
     argv += ["--log", str(log), "--out", str(video), "--fps", "10"]
-    started = out.is_dir
-    kill_and_rerun(argv, _reset(out), started, _stream_results(log, video), seeds, clean=out)
+    started = lambda: any(out.iterdir())  # noqa: E731  (the first output file)
+    kill_and_rerun(argv, _reset(out, keep=True), started, _stream_results(log, video), seeds, clean=out)
 
 
 # ------------------------------------------------------------------------------------------ train

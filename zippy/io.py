@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "AtomicFile",
+    "atomic_folder",
     "atomic_path",
     "file_mode",
     "is_temp_name",
@@ -178,6 +179,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _finish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path`` to fill; on success it takes the place of ``path``.
+
+    For outputs written as a whole folder (a generated sequence). The folder gets the umask's mode; an
+    existing ``path`` is moved aside, the new folder renamed into place and the old one deleted, so a
+    reader sees the old folder or the complete new one. On an exception the temporary folder is deleted.
+    """
+    import shutil
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"cannot write the folder {path}: a file is there")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=TEMP_MARK, dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=path.name + ".", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
