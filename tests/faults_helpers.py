@@ -67,6 +67,7 @@ _ZYGOTE = r"""
 import json, os, sys
 # the heavy imports once; no computation here, so no thread pool exists when the children are forked
 import cv2, numpy, torch  # noqa: F401
+import torch._dynamo, torch.optim  # noqa: F401  (AdamW imports dynamo: 1.5 s)
 import zippy.extractor, zippy.train.trainer, zippy_eval.hpatches.pipeline, zippy_eval.methods  # noqa: F401
 import zippy_apps.cmd_detect, zippy_apps.cmd_stream, zippy_apps.cmd_train  # noqa: F401
 import zippy_apps.cmd_eval_hpatches  # noqa: F401
