@@ -101,6 +101,32 @@ def _checked(out: Path, code: int) -> int:
     return code
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse, before anything is written, the options that cannot work.
+
+    Raises:
+        ValueError: --out is the --weights file itself, --int8 without --format onnx, --max-keypoints <= 0.
+        FileNotFoundError: --weights or a check image does not exist.
+        IsADirectoryError: --out is a folder.
+    """
+    import os
+
+    src, out = Path(args.weights), Path(args.out)
+    if not src.is_file():
+        raise FileNotFoundError(f"weights file not found: {src}")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out must be a file name, got the folder {out}")
+    if out.resolve() == src.resolve() or (out.exists() and os.path.samefile(out, src)):
+        raise ValueError(f"--out {out} is the --weights file: writing it would destroy the source; choose another name")
+    if args.int8 and args.format != "onnx":
+        raise ValueError(f"--int8 applies to --format onnx only, got --format {args.format}")
+    if args.max_keypoints <= 0:
+        raise ValueError(f"--max-keypoints must be positive, got {args.max_keypoints}")
+    for p in args.check_images or []:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"check image not found: {p}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Write the file, check it, print sizes and figures; exit code 1 (file removed) when the check fails."""
     import os
@@ -110,11 +136,17 @@ def run(args: argparse.Namespace) -> int:
     from zippy.extractor import Extractor
     from zippy.weights import atomic_torch_save, build_model, file_sha256, load_weights
 
-    src = Path(args.weights)
+    src, out = Path(args.weights), Path(args.out)
+    check_arguments(args)
+    images = _check_images(args.check_images, args.check_size)
     cfg, state, meta = load_weights(src)
     model = build_model(cfg, state).eval()
-    out = Path(args.out)
-    images = _check_images(args.check_images, args.check_size)
+    if args.int8:
+        from zippy.quant import int8
+
+        reason = int8.unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"--int8 is not available for {cfg.backbone!r}: {reason}")
     k = int(args.max_keypoints)
     if args.format == "compact":
         from zippy.quant.packing import pack_state_dict, state_dict_nbytes

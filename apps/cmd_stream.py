@@ -4,7 +4,7 @@ The loop is :func:`run_stream` (drawing, window, annotated video, JSONL stats lo
 iterator of :func:`zippy_apps.stream.track`; the benchmark (``zippy_eval.bench_stream``) runs the same loop.
 
 Outputs are finalized on every exit path (end of stream, ``--max-frames``, q / Esc in the window,
-Ctrl-C, an error): the video and log are written under ``*.partial`` names and renamed at the end,
+Ctrl-C, an error): the video and log are written under temporary names (:mod:`zippy.io`) and renamed at the end,
 and the summary (mean / p50 / p90 FPS and stage times) is printed and written next to the log as
 ``<log stem>.summary.json``.
 """
@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-frames must be > 0, got {args.max_frames}")
     if args.threads is not None and args.threads <= 0:
         raise ValueError(f"--threads must be > 0, got {args.threads}")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise ValueError(f"--fps must be a positive number, got {args.fps}")
     check_output_paths(args.out, args.log)
 
     extractor = load_extractor(args.model, engine=args.engine, weights=args.weights)
@@ -128,7 +129,13 @@ def run(args: argparse.Namespace) -> int:
         stream, out=args.out, log=args.log, display=display, fps=args.fps, info=info, on_result=on_result
     )
     print(format_summary(summary))
-    return 130 if summary["interrupted"] else 0
+    if summary["interrupted"]:
+        return 130
+    if summary["frames"] == 0:
+        skipped = summary["skipped"]
+        why = f"; first: {skipped[0]['reason']}" if skipped else ""
+        raise ValueError(f"no frame processed from {info['source']}: {len(skipped)} frame(s) skipped{why}")
+    return 0
 
 
 def loop_callback(extractor: Any, vocab: Path | None) -> tuple[Callable[[Any], None], list[dict[str, Any]]]:
@@ -159,17 +166,27 @@ def loop_callback(extractor: Any, vocab: Path | None) -> tuple[Callable[[Any], N
 
 
 def check_output_paths(out: Path | None, log: Path | None) -> None:
-    """Fail before opening the source when an output cannot be written.
+    """Fail before opening the source when an output cannot be written (missing folders are created later).
 
     Raises:
-        ValueError: unknown video extension.
-        FileNotFoundError: the folder of an output does not exist.
+        ValueError: unknown video extension, or --out and --log are the same file.
+        IsADirectoryError: an output names an existing folder.
+        NotADirectoryError: an output folder cannot be created (a file is in the way).
     """
     if out is not None and out.suffix.lower() not in VIDEO_FOURCC:
         raise ValueError(f"--out must end in one of {sorted(VIDEO_FOURCC)}, got {out.name!r}")
+    if out is not None and log is not None and out.resolve() == log.resolve():
+        raise ValueError(f"--out and --log name the same file: {out}")
     for path in (out, log):
-        if path is not None and not path.resolve().parent.is_dir():
-            raise FileNotFoundError(f"output folder does not exist: {path.resolve().parent}")
+        if path is None:
+            continue
+        if path.is_dir():
+            raise IsADirectoryError(f"output {path} is a folder: give a file name")
+        folder = path.resolve().parent  # created when the output is written; what exists must be a folder
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise NotADirectoryError(f"cannot create the folder of {path}: {folder} is a file")
 
 
 def load_extractor(name: str, *, engine: str = "auto", weights: Path | None = None) -> Any:
@@ -194,15 +211,30 @@ def method_info(extractor: Any, name: str) -> dict[str, Any]:
 
 
 class _Outputs:
-    """The annotated video and the JSONL log, written under ``.partial`` names until :meth:`finalize`."""
+    """The annotated video and the JSONL log, written under temporary names (:mod:`zippy.io`) until
+    :meth:`finalize` moves them into place."""
 
     def __init__(self, out: Path | None, log: Path | None, fps: float):
+        from zippy.io import AtomicFile, remove_temps_of
+
+        for path in (out, log):  # what a killed run left
+            if path is not None:
+                remove_temps_of(path)
+                if path == log:
+                    remove_temps_of(summary_path(path))
         self.out, self.log, self.fps = out, log, fps
         self.video_frames = 0
         self._writer: Any = None
-        self._video_tmp = None if out is None else out.with_name(f"{out.stem}.partial{out.suffix}")
-        self._log_tmp = None if log is None else log.with_name(f"{log.name}.partial")
-        self._log_file = None if self._log_tmp is None else open(self._log_tmp, "w", encoding="utf-8", buffering=1)
+        self._log = None if log is None else AtomicFile(log, "w", buffering=1)
+        try:
+            self._video = None if out is None else AtomicFile(out, "wb")
+        except BaseException:
+            if self._log is not None:
+                self._log.discard()
+            raise
+        if self._video is not None:
+            self._video.file.close()  # OpenCV writes the temporary file by name
+        self._video_tmp = None if self._video is None else self._video.tmp
 
     def write_frame(self, image: np.ndarray) -> None:
         import cv2
@@ -220,8 +252,8 @@ class _Outputs:
         self.video_frames += 1
 
     def write_record(self, record: dict[str, Any]) -> None:
-        if self._log_file is not None:
-            self._log_file.write(json.dumps(record, allow_nan=False) + "\n")
+        if self._log is not None:
+            self._log.write(json.dumps(record, allow_nan=False) + "\n")
 
     def finalize(self) -> dict[str, str | None]:
         """Close and rename the outputs; returns their final paths (None when not written)."""
@@ -229,18 +261,19 @@ class _Outputs:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        if self._video_tmp is not None and self.out is not None:
-            if self.video_frames and self._video_tmp.exists():
-                os.replace(self._video_tmp, self.out)
-                paths["video"] = str(self.out)
-            else:
-                logger.warning("no frames were processed: no video written to %s", self.out)
-                self._video_tmp.unlink(missing_ok=True)
-        if self._log_file is not None and self._log_tmp is not None and self.log is not None:
-            self._log_file.close()
-            self._log_file = None
-            os.replace(self._log_tmp, self.log)
-            paths["log"] = str(self.log)
+        try:
+            if self._video is not None and not self._video.done:
+                if self.video_frames and self._video.tmp.stat().st_size:
+                    paths["video"] = str(self._video.commit())
+                else:
+                    logger.warning("no frames were processed: no video written to %s", self.out)
+                    self._video.discard()
+            if self._log is not None and not self._log.done:
+                paths["log"] = str(self._log.commit())
+        finally:  # an error above leaves no temporary file behind
+            for f in (self._video, self._log):
+                if f is not None and not f.done:
+                    f.discard()
         return paths
 
 

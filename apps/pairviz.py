@@ -52,12 +52,10 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     """Write an RGB uint8 image as PNG atomically; returns the path."""
     import cv2
 
+    from zippy.io import write_bytes
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError(f"could not encode PNG for {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, buf.tobytes())

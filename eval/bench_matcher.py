@@ -1077,7 +1077,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--_worker"]:  # internal: one measurement process
         mode, payload, out = argv[1], json.loads(argv[2]), Path(argv[3])
         result = _compile_probe() if mode == "compile" else _worker(payload, int(payload["threads"]))
-        out.write_text(json.dumps(result), encoding="utf-8")
+        from zippy_eval.results import write_text
+
+        write_text(out, json.dumps(result))  # atomic: the parent never reads half a result
         return 0
     parser = argparse.ArgumentParser(description="benchmark of the bitwise matcher")
     add_arguments(parser)

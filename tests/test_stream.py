@@ -368,8 +368,9 @@ def test_cli_errors(tmp_path: Path) -> None:
         _cli([*base, str(tmp_path), "--size", "big"])
     with pytest.raises(ValueError, match="--out must end"):
         _cli([*base, str(tmp_path), "--out", str(tmp_path / "x.gif")])
-    with pytest.raises(FileNotFoundError, match="output folder"):
-        _cli([*base, str(tmp_path), "--log", str(tmp_path / "no" / "s.jsonl")])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        _cli([*base, str(tmp_path), "--log", str(tmp_path / "file" / "s.jsonl")])
     with pytest.raises(ValueError, match="intrinsics"):
         _cli([*base, str(tmp_path), "--intrinsics", "1,2,3"])
     with pytest.raises(ValueError, match="unknown method"):

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from zippy.io import atomic_path
+
 log = logging.getLogger(__name__)
 
 __all__ = ["CompareConfig", "compute_stats", "find_weights", "measure_latency", "run"]
@@ -478,8 +480,8 @@ def _write_doc(doc: Path, table: str, plots: dict[str, str], output_dir: Path, c
     links = []
     for key, name in plots.items():
         target = img_dir / f"backbones_{name}"
-        shutil.copyfile(output_dir / name, target.with_suffix(".tmp"))
-        os.replace(target.with_suffix(".tmp"), target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(output_dir / name, tmp)
         links.append(f"![{key}](img/{target.name})")
     text = f"""# Compression backbones compared
 

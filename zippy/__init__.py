@@ -52,12 +52,13 @@ def load(config: str | ExtractorConfig = "zippypoint", /, **options: Any) -> Ext
         config: a model name of :func:`available_models` (e.g. "zippypoint", "zippypoint_small", "kp2d"), or an
             :class:`ExtractorConfig`.
         **options: fields of :class:`ExtractorConfig` (weights, engine, scales, shifts, nms_radius,
-            allow_untrained); with a config given, they replace its fields.
+            allow_untrained, max_pixels); with a config given, they replace its fields.
 
     Returns:
         The extractor; ``extractor.config`` is the config it was built from, with the engine it really runs.
 
     Raises:
+        TypeError: ``config`` is neither a name (str) nor an ExtractorConfig, or ``weights`` is not a path.
         ValueError: unknown name, engine or option (the message lists the choices); a backbone without trained
             weights unless ``allow_untrained=True``.
         FileNotFoundError: ``weights`` names a file that does not exist.

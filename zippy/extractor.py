@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from zippy.config import (
+    DEFAULT_MAX_PIXELS,
     DEFAULT_NMS_RADIUS,
     ENGINES,
     ExtractorConfig,
+    check_max_pixels,
     check_nms_radius,
     check_scales,
     check_shifts,
@@ -41,10 +43,28 @@ def resize_tensor(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.from_numpy(out.reshape(height, width, -1)).permute(2, 0, 1)[None].contiguous()
 
 
+MAX_KEYPOINTS_LIMIT = 2**31 - 1
+"""Largest ``max_keypoints`` (the keypoint kernels count in int32/int64; larger values are meaningless)."""
+
+
 def _check_max_keypoints(max_keypoints: int) -> int:
-    if isinstance(max_keypoints, bool) or not isinstance(max_keypoints, (int, np.integer)) or max_keypoints <= 0:
-        raise ValueError(f"max_keypoints must be a positive integer, got {max_keypoints!r}")
+    if (
+        isinstance(max_keypoints, bool)
+        or not isinstance(max_keypoints, (int, np.integer))
+        or not 0 < max_keypoints <= MAX_KEYPOINTS_LIMIT
+    ):
+        raise ValueError(f"max_keypoints must be a positive integer <= {MAX_KEYPOINTS_LIMIT}, got {max_keypoints!r}")
     return int(max_keypoints)
+
+
+def _check_threshold(threshold: float | None) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+        raise ValueError(f"threshold must be a number in [0, 1] or None, got {type(threshold).__name__} {threshold!r}")
+    if not 0.0 <= float(threshold) <= 1.0:  # NaN fails too
+        raise ValueError(f"threshold must be in [0, 1] or None, got {threshold!r}")
+    return float(threshold)
 
 
 class Extractor:
@@ -89,6 +109,7 @@ class Extractor:
         nms_radius: float = DEFAULT_NMS_RADIUS,
         scales: Sequence[float] = (1.0,),
         shifts: Sequence[Sequence[int]] = ((0, 0),),
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
         self.model = model.eval()
         self.cfg: ModelConfig = model.cfg
@@ -101,6 +122,7 @@ class Extractor:
         self.nms_radius = check_nms_radius(nms_radius)
         self.scales = check_scales(scales)
         self.shifts = check_shifts(shifts, self.cfg.cell)
+        self.max_pixels = check_max_pixels(max_pixels)
         self.raw_descriptors = False
         self._config_name = self.name
         self.engine_path, self.engine_reason = "", ""
@@ -117,6 +139,7 @@ class Extractor:
             shifts=self.shifts,
             nms_radius=self.nms_radius,
             allow_untrained=not self.trained,
+            max_pixels=self.max_pixels,
         )
 
     @classmethod
@@ -134,6 +157,7 @@ class Extractor:
             )
         opts = {"engine": config.engine, "scales": config.scales, "shifts": config.shifts}
         opts["nms_radius"] = config.nms_radius
+        opts["max_pixels"] = config.max_pixels
         path = Path(config.weights) if config.weights is not None else shipped
         if path is None:
             if not config.allow_untrained:
@@ -254,9 +278,15 @@ class Extractor:
 
     def _extract_tensor(self, x: torch.Tensor, max_keypoints: int, threshold: float | None) -> list[Features]:
         max_keypoints = _check_max_keypoints(max_keypoints)
-        if threshold is not None and not (0.0 <= float(threshold) <= 1.0):
-            raise ValueError(f"threshold must be in [0, 1] or None, got {threshold!r}")
+        threshold = _check_threshold(threshold)
         _, _, h, w = x.shape
+        pixels = round(h * w * max(self.scales) ** 2)
+        if self.max_pixels is not None and pixels > self.max_pixels:
+            raise ValueError(
+                f"image of {w}x{h} px is too large: {pixels} px per pass (x the largest scale squared) exceeds "
+                f"max_pixels={self.max_pixels}; resize it (zippy.image.resize_image) or raise the limit "
+                "with zippy.load(..., max_pixels=N) (command line: --max-pixels N)"
+            )
         feats = []
         # One image per network call: oneDNN picks other kernels for other batch sizes, and float rounding
         # differences can flip fake-quantized values; per-image calls make a batch give exactly the

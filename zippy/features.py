@@ -9,13 +9,14 @@ the image as it was given to the extractor.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from zippy.io import atomic_path
 
 __all__ = [
     "Features",
@@ -182,53 +183,59 @@ def unpack_bits(packed: np.ndarray) -> np.ndarray:
     return np.unpackbits(packed, axis=1)
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-
-
 def save_features(features: Features, path: str | os.PathLike) -> Path:
     """Write features to ``.npz`` or ``.h5`` atomically (temp file, then rename). Returns the path."""
     path = Path(path)
     suffix = path.suffix.lower()
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    if suffix not in (".npz", ".h5", ".hdf5"):
+        raise ValueError(f"feature file must end in .npz or .h5, got {path.name!r}")
+    with atomic_path(path) as tmp:
         if suffix == ".npz":
             with open(tmp, "wb") as f:
                 np.savez(f, **features.to_dict())
-        elif suffix in (".h5", ".hdf5"):
+        else:
             import h5py
 
             with h5py.File(tmp, "w") as f:
                 for k, v in features.to_dict().items():
                     f.create_dataset(k, data=v)
-        else:
-            raise ValueError(f"feature file must end in .npz or .h5, got {path.name!r}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
 def load_features(path: str | os.PathLike) -> Features:
-    """Read features written by :func:`save_features`."""
+    """Read features written by :func:`save_features`.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a readable feature file (truncated, corrupt, missing arrays, or arrays
+            that fail the :class:`Features` checks); the message names the path and the reason.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature file not found: {path}")
-    if path.suffix.lower() == ".npz":
-        with np.load(path) as z:
-            d = {k: z[k] for k in z.files}
-    elif path.suffix.lower() in (".h5", ".hdf5"):
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            d = {k: f[k][()] for k in f.keys()}
-    else:
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".h5", ".hdf5"):
         raise ValueError(f"feature file must end in .npz or .h5, got {path.name!r}")
-    size = tuple(int(v) for v in d["image_size"])
-    return Features(d["keypoints"], d["scores"], d["descriptors"], (size[0], size[1]))
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                d = {k: z[k] for k in z.files}
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                d = {k: f[k][()] for k in f.keys()}
+        missing = sorted({"keypoints", "scores", "descriptors", "image_size"} - set(d))
+        if missing:
+            raise ValueError(f"missing arrays {missing}")
+        size = np.asarray(d["image_size"]).reshape(-1)
+        if size.shape != (2,) or not np.issubdtype(size.dtype, np.integer) or (size < 0).any():
+            raise ValueError(f"image_size must be two integers >= 0, got {_describe(size)}")
+        return Features(d["keypoints"], d["scores"], d["descriptors"], (int(size[0]), int(size[1])))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # zipfile / h5py / numpy raise many types for a damaged file
+        raise ValueError(f"{path} is not a readable feature file: {type(e).__name__}: {e}") from e
 
 
 # ----------------------------------------------------------------------------------------------- hloc-style h5

@@ -790,6 +790,10 @@ def _pair_distances(d0: np.ndarray, d1: np.ndarray, i: np.ndarray, j: np.ndarray
 _POPCOUNT8 = np.array([bin(v).count("1") for v in range(256)], np.uint8)
 
 
+MAX_COORDINATE = 1e9
+"""Largest |x| or |y| :func:`match_guided` takes (pixels); squared distances of larger ones are not exact."""
+
+
 def match_guided(
     d0: np.ndarray,
     d1: np.ndarray,
@@ -816,8 +820,9 @@ def match_guided(
     Args:
         d0: uint8 [N0, B] (metric "hamming") or float [N0, D] (metric "l2") map-point descriptors.
         d1: uint8 [N1, B] or float [N1, D] keypoint descriptors.
-        pred0: float [N0, 2] predicted (x, y) of each d0 descriptor; rows with NaN/inf get no match.
-        kpts1: float [N1, 2] (x, y) keypoints of d1, finite.
+        pred0: float [N0, 2] predicted (x, y) of each d0 descriptor; rows with NaN/inf get no match; finite
+            values must be within +-``MAX_COORDINATE`` (1e9) px.
+        kpts1: float [N1, 2] (x, y) keypoints of d1, finite, within +-``MAX_COORDINATE`` px.
         radius: search radius in pixels, a finite number >= 0 or float [N0] per point.
         mutual, ratio, max_distance: as in :func:`match_hamming`.
         candidate_filter: optional ``f(i int64 [C], j int64 [C]) -> bool [C]``; False drops candidate (i, j).
@@ -835,6 +840,15 @@ def match_guided(
     kpts = _check_points(kpts1, n1, "kpts1")
     if not np.isfinite(kpts).all():
         raise ValueError("kpts1 must be finite, got NaN or inf")
+    # beyond this, squared distances lose all precision or overflow (false matches): refuse
+    if n1 and np.abs(kpts).max() > MAX_COORDINATE:
+        raise ValueError(f"kpts1 must be within +-{MAX_COORDINATE:g} px, got |x| up to {np.abs(kpts).max():.3g}")
+    big = np.isfinite(pred) & (np.abs(pred) > MAX_COORDINATE)
+    if big.any():
+        raise ValueError(
+            f"pred0 must be within +-{MAX_COORDINATE:g} px, got |x| up to {np.abs(pred[big]).max():.3g} "
+            "(set predictions far outside the image to NaN: they get no match)"
+        )
     r = np.asarray(radius, dtype=np.float64)
     if r.ndim == 0:
         r = np.full(n0, float(r))

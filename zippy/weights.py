@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from zippy.io import atomic_path
 from zippy.models import KeypointNet, ModelConfig, build_network
 
 __all__ = [
@@ -67,15 +67,8 @@ def shipped_models() -> list[str]:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -103,14 +96,29 @@ def load_weights(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.
         raise ValueError(f"{path} is not a zippy weights file (expected keys config, state_dict, meta)")
     from zippy.quant.packing import unpack_state_dict
 
-    return ModelConfig.from_dict(blob["config"]), unpack_state_dict(blob["state_dict"]), dict(blob.get("meta", {}))
+    try:
+        cfg = ModelConfig.from_dict(blob["config"])
+        state = unpack_state_dict(blob["state_dict"])
+        meta = dict(blob.get("meta", {}))
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a valid zippy weights file: {type(e).__name__}: {e}") from e
+    return cfg, state, meta
 
 
 def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor] | None = None) -> KeypointNet:
-    """Build the network of ``cfg`` and load ``state_dict`` with strict keys."""
+    """Build the network of ``cfg`` and load ``state_dict`` with strict keys.
+
+    Raises:
+        ValueError: ``state_dict`` does not fit the network (missing / unexpected keys, wrong shapes).
+    """
     model = build_network(cfg)
     if state_dict is not None:
-        model.load_state_dict(state_dict, strict=True)
+        try:
+            model.load_state_dict(state_dict, strict=True)
+        except RuntimeError as e:  # torch's message lists the keys; keep its first lines
+            lines = str(e).strip().splitlines()
+            brief = " ".join(line.strip() for line in lines[:3])[:500]
+            raise ValueError(f"weights do not fit the {cfg.backbone!r} network: {brief}") from e
     return model
 
 

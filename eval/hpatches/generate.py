@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -357,18 +356,14 @@ def _write_sequence(folder: Path, images: Sequence[np.ndarray], Hs: Sequence[np.
     """Write 1.png..N.png and H_1_k into ``folder`` through a temporary sibling folder (atomic rename)."""
     import cv2
 
-    tmp = folder.parent / f".{folder.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for k, img in enumerate(images, start=1):
-        if not cv2.imwrite(str(tmp / f"{k}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"cannot write {tmp / f'{k}.png'}")
-    for k, H in enumerate(Hs, start=2):
-        np.savetxt(tmp / f"H_1_{k}", H, fmt="%.17g")
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    from zippy.io import atomic_folder
+
+    with atomic_folder(folder) as tmp:
+        for k, img in enumerate(images, start=1):
+            if not cv2.imwrite(str(tmp / f"{k}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+                raise OSError(f"cannot write {tmp / f'{k}.png'}")
+        for k, H in enumerate(Hs, start=2):
+            np.savetxt(tmp / f"H_1_{k}", H, fmt="%.17g")
 
 
 def list_photos(src_dir: str | os.PathLike, glob: str = "*") -> list[Path]:

@@ -250,8 +250,11 @@ class _FeatureCache:
             import json
 
             try:
-                self.index = json.loads(self.index_path.read_text(encoding="utf-8"))
-            except ValueError as e:
+                index = json.loads(self.index_path.read_text(encoding="utf-8"))
+                if not isinstance(index, dict):
+                    raise ValueError(f"expected a JSON object, got {type(index).__name__}")
+                self.index = index
+            except (ValueError, OSError) as e:
                 logger.warning("ignoring unreadable cache index %s: %s", self.index_path, e)
         self.dirty = False
 
@@ -262,7 +265,14 @@ class _FeatureCache:
         path = self.folder / f"{key}.npz"
         if self.overwrite or entry is None or entry.get("source") != _fingerprint(source) or not path.is_file():
             return None
-        return load_features(path), entry.get("time_s")
+        try:
+            feats = load_features(path)
+        except (ValueError, OSError) as e:  # a damaged entry is recomputed, never mistaken for a bad image
+            logger.warning("recomputing the damaged cache entry %s: %s", path, e)
+            del self.index[key]
+            self.dirty = True
+            return None
+        return feats, entry.get("time_s")
 
     def put(self, key: str, source: Path, feats: Features, seconds: float) -> None:
         from zippy.features import save_features
@@ -320,6 +330,7 @@ def _evaluate_method(
                         skipped_sequences.setdefault(dtag, {})[seq.name] = reason
                         bar.update(len(seq.images) - len(feats))
                         continue
+                    cache.flush()  # index per finished sequence: a kill loses at most the sequence in flight
                     if conf.dedup_px > 0:
                         feats = [suppress_near_duplicates(f, conf.dedup_px) for f in feats]
                     rows.extend(evaluate_sequence(seq, feats, setting, conf, dtag, method.name))
@@ -712,6 +723,7 @@ def run(
         FileNotFoundError / ValueError: a dataset folder is missing or holds no usable sequence; an
             unknown method name; every method unavailable.
     """
+    from zippy.io import remove_temp_files
     from zippy_eval.results import write_summary, write_text
 
     dirs = [dataset_dir] if isinstance(dataset_dir, (str, os.PathLike)) else list(dataset_dir)
@@ -727,6 +739,8 @@ def run(
     methods, skipped_methods = methods_for_run(conf)
 
     cache_root = Path(conf.cache_dir) if conf.cache_dir else output_dir / "cache"
+    for folder in {output_dir, cache_root}:  # what a killed run left mid-write (never a result)
+        remove_temp_files(folder)
     rows: list[dict[str, Any]] = []
     timings: dict[str, dict[str, dict[str, float | None]]] = {}
     skipped_sequences: dict[str, dict[str, str]] = {}
@@ -743,10 +757,7 @@ def run(
     rows = [r for r in rows if r["sequence"] not in skipped_sequences.get(r["dataset"], {})]
     aggregates = aggregate(rows, conf)
 
-    output_dir.mkdir(parents=True, exist_ok=True)
     plots = {dtag: f"mma_{dtag}.png" for dtag in tags if dtag in aggregates}
-    for dtag, name in plots.items():
-        _plot(aggregates, dtag, conf, output_dir / name)
     dataset_info = {tag: d.describe() for tag, d in zip(tags, datasets)}
     summary = {
         "aggregates": aggregates,
@@ -756,8 +767,12 @@ def run(
         "skipped_sequences": skipped_sequences,
         "plots": plots,
     }
-    write_text(output_dir / "table.md", _table(summary, conf))
-    return write_summary(
+    # summary.json first, the table and plots (derived from it) after: the stale ones go first, so a kill
+    # at any moment leaves either the old set, or the new summary with the new table / plots or none of them
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [output_dir / "table.md", *output_dir.glob("mma_*.png")]:
+        stale.unlink(missing_ok=True)
+    path = write_summary(
         output_dir,
         protocol=conf.protocol() | {"config": _config_dict(conf)},
         dataset=dataset_info,
@@ -773,6 +788,10 @@ def run(
             "loadavg_at_start": load_at_start,
         },
     )
+    write_text(output_dir / "table.md", _table(summary, conf))
+    for dtag, name in plots.items():
+        _plot(aggregates, dtag, conf, output_dir / name)
+    return path
 
 
 def _config_dict(conf: HPatchesConfig) -> dict[str, Any]:

@@ -425,10 +425,11 @@ def _verified_database(
     final = folder / "database.db"
     if final.is_file() and not conf.overwrite:
         return final
-    tmp = folder / "database.tmp.db"
-    build_database(tmp, names, dataset.cameras, features, pairs, matches)
-    n = verify_database(tmp, mopts)
-    os.replace(tmp, final)
+    from zippy.io import atomic_path
+
+    with atomic_path(final) as tmp:  # "replaced if it exists": the empty temporary file is rewritten
+        build_database(tmp, names, dataset.cameras, features, pairs, matches)
+        n = verify_database(tmp, mopts)
     logger.info("verified %d of %d map pairs once for all folds", n, len(pairs))
     return final
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,15 +143,9 @@ def write_poses(poses: Mapping[str, Pose], path: str | os.PathLike) -> Path:
         p = poses[name]
         values = [*p.qvec, *p.t]
         lines.append(name + " " + " ".join(f"{v:.10g}" for v in values))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + ("\n" if lines else ""))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from zippy.io import write_text
+
+    write_text(path, "\n".join(lines) + ("\n" if lines else ""))
     return path
 
 

@@ -29,7 +29,6 @@ import copy
 import io
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -375,17 +374,9 @@ def onnx_bytes(model: nn.Module, *, int8: bool) -> bytes:
 
 
 def _write(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from zippy.io import write_bytes
+
+    return write_bytes(path, data)
 
 
 # ------------------------------------------------------------------------------------------------ engine

@@ -151,6 +151,21 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.flush()
 
 
+def _drop_torn_line(path: Path) -> None:
+    """Cut a last line without its newline (a process killed mid-append) so appends start on a fresh line."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+    log.warning("dropped the torn last line of %s (an interrupted run)", path)
+
+
 def _raise_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit so the final checkpoint is written (as on Ctrl-C)."""
     if threading.current_thread() is not threading.main_thread():
@@ -204,6 +219,11 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
     out = Path(tc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "last.pt", out / "log.jsonl"
+    if _is_main():
+        from zippy.io import remove_temp_files
+
+        remove_temp_files(out, recursive=False)  # a checkpoint write cut short by a kill
+        _drop_torn_line(log_path)
 
     clash = sorted({"backbone", "options"} & set(tc.model_config))
     if clash:
