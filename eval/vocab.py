@@ -143,13 +143,14 @@ def train_vocabulary(
     from tqdm import tqdm
 
     import zippy
+    from zippy.config import ExtractorConfig
     from zippy_eval.methods import get_method
 
     out = Path(out)
     if out.suffix != ".npz":
         raise ValueError(f"vocabulary file must end in .npz, got {out.name!r}")
     paths = list_training_images(image_dirs, conf.exclude, conf.max_images)
-    method = get_method(conf.model, weights=conf.weights, engine=conf.engine)
+    method = get_method(conf.model, weights=conf.weights, extractor=ExtractorConfig(conf.model, engine=conf.engine))
     info = method.info()
     cache = Path(cache_dir) / conf.model / f"k{conf.max_keypoints}_s{conf.short_side}" if cache_dir else None
     t0 = time.perf_counter()

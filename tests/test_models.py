@@ -83,7 +83,7 @@ def test_weights_file_round_trip(tmp_path, calibrated_zippypoint) -> None:
         load_weights(tmp_path / "junk.pt")
     bad = dict(sd)
     bad.pop(next(iter(bad)))
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(ValueError, match="Missing key"):
         build_model(cfg, bad)
 
 
