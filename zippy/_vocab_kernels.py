@@ -9,23 +9,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
 
-
-@intrinsic
-def _popcount64(typingctx, x):
-    """Population count of a uint64 (LLVM ctpop)."""
-    if not isinstance(x, types.Integer):
-        return None
-    sig = types.uint64(types.uint64)
-
-    def codegen(context, builder, signature, args):
-        fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
-        return builder.call(fn, args)
-
-    return sig, codegen
+from zippy._matching_kernels import _popcount64
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
