@@ -162,10 +162,10 @@ class _SpeedProxy:
         from skimage import data
 
         from zippy.extractor import Extractor
-        from zippy.models import KeypointNet, ModelConfig
+        from zippy.models import build_network, default_config
 
         torch.manual_seed(0)
-        model = KeypointNet(ModelConfig(backbone=backbone)).train()
+        model = build_network(default_config(backbone)).train()
         photo = cv2.resize(data.astronaut(), (size[1], size[0]), interpolation=cv2.INTER_AREA)
         x = torch.from_numpy(photo).permute(2, 0, 1)[None].float().div(255.0)
         with torch.no_grad():

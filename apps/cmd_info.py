@@ -31,7 +31,7 @@ def layer_table(model) -> list[tuple[str, str, str, int]]:
 
 def run(args: argparse.Namespace) -> int:
     import zippy
-    from zippy.models import KeypointNet, ModelConfig, count_parameters
+    from zippy.models import build_network, count_parameters, default_config
     from zippy.weights import load_weights, shipped_weights
 
     names = zippy.available_models()
@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if weights:
         cfg, _, meta = load_weights(weights)
     else:
-        cfg = ModelConfig(backbone=args.name)
-    model = KeypointNet(cfg)
+        cfg = default_config(args.name)
+    model = build_network(cfg)
     counts = count_parameters(model)
     backbone = "" if args.name == cfg.backbone else f" (backbone {cfg.backbone}, widths {list(cfg.widths)})"
     print(f"{args.name}{backbone}: {counts['total'] / 1e6:.2f} M parameters")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zippy.models import KeypointNet, ModelConfig
+from zippy.models import KeypointNet, ModelConfig, build_network
 from zippy.quant.layers import BinaryConv2d
 from zippy.weights import load_weights
 
@@ -81,7 +81,7 @@ def init_from(model: KeypointNet, path: str | os.PathLike) -> int:
     cfg, sd = _load_source(path)
     n = 0
     if cfg.backbone != model.cfg.backbone:
-        src = KeypointNet(cfg)
+        src = build_network(cfg)
         src.load_state_dict(sd, strict=True)
         try:
             n = transfer_by_structure(src, model)
