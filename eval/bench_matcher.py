@@ -281,6 +281,15 @@ def _method_fns(
     raise ValueError(f"unknown method {name!r}")
 
 
+def _timing(wall_ms: list[float], cpu_ms: list[float]) -> dict[str, float]:
+    """Median and minimum of the wall times and median of the CPU times of one method's calls (ms)."""
+    return {
+        "median_ms": float(np.median(wall_ms)),
+        "min_ms": float(np.min(wall_ms)),
+        "cpu_median_ms": float(np.median(cpu_ms)),
+    }
+
+
 def _time_interleaved(
     fns: dict[str, Callable[[], set]], repeats: int, budget_s: float
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, set]]:
@@ -412,9 +421,7 @@ def _worker(conf: dict[str, Any], threads: int) -> dict[str, Any]:
                     "n": n,
                     "method": name,
                     "threads": threads,
-                    "median_ms": float(np.median(times[name])),
-                    "min_ms": float(np.min(times[name])),
-                    "cpu_median_ms": float(np.median(cpu[name])),
+                    **_timing(times[name], cpu[name]),
                     "cpu_min_ms": float(np.min(cpu[name])),
                     "runs": len(times[name]),
                     "matches": len(results[name]),
@@ -511,9 +518,7 @@ def _time_extra(out: dict[str, Any], a, b, n: int, threads: int, methods: list[s
                 "n": n,
                 "method": name,
                 "threads": threads,
-                "median_ms": float(np.median(times[name])),
-                "min_ms": float(np.min(times[name])),
-                "cpu_median_ms": float(np.median(cpu[name])),
+                **_timing(times[name], cpu[name]),
                 "results": len(results[name]),
             }
         )

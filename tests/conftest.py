@@ -37,6 +37,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def trained_zippypoint():
+    """The shipped trained zippypoint network (fake-quantized, eval mode)."""
+    from zippy.weights import build_model, load_weights, shipped_weights
+
+    path = shipped_weights("zippypoint")
+    if path is None:
+        pytest.skip("weights/zippypoint.pt is not installed")
+    return build_model(*load_weights(path)[:2]).eval()
+
+
 @pytest.fixture
 def one_thread():
     """Run the test with one torch thread (tests run two at a time under ``-n 2``)."""

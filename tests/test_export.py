@@ -74,16 +74,6 @@ def test_int8_graph_of_a_narrow_network(make_calibrated_zippypoint, images):
     assert kp >= 0.99 and desc >= 0.99, (kp, desc)
 
 
-@pytest.fixture(scope="module")
-def trained_zippypoint():
-    from zippy.weights import build_model, load_weights, shipped_weights
-
-    path = shipped_weights("zippypoint")
-    if path is None:
-        pytest.skip("weights/zippypoint.pt is not installed")
-    return build_model(*load_weights(path)[:2]).eval()
-
-
 @pytest.mark.shared
 def test_int8_graph_reproduces_the_trained_network_on_real_photos(shared_data, trained_zippypoint):
     """The shipped network's int8 ONNX graph in onnxruntime (the engine auto takes where no exact oneDNN path

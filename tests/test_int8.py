@@ -26,7 +26,7 @@ from zippy.postprocess import packed_topk, select_keypoints
 from zippy.quant import int8, set_fake_quant
 from zippy.quant.layers import ActQuant, BinaryConv2d, QConv2d
 from zippy.quant.packing import is_packed, pack_state_dict, state_dict_nbytes, unpack_state_dict
-from zippy.weights import atomic_torch_save, build_model, load_weights, save_weights, shipped_weights
+from zippy.weights import atomic_torch_save, build_model, load_weights, save_weights
 
 X86 = platform.machine().lower() in ("x86_64", "amd64", "x86", "i686")
 # on x86 nothing skips: a machine without an exact int8 path fails here, with the kernel check's reason
@@ -326,15 +326,6 @@ def test_fake_quant_switch_and_model_untouched(calibrated_zippypoint, net):
     with torch.inference_mode():
         a, b = net(x), other(x)
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.fixture(scope="module")
-def trained_zippypoint():
-    """The shipped trained zippypoint network (fake-quantized, eval mode)."""
-    path = shipped_weights("zippypoint")
-    if path is None:
-        pytest.skip("weights/zippypoint.pt is not installed")
-    return build_model(*load_weights(path)[:2]).eval()
 
 
 @pytest.mark.shared

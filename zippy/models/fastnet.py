@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zippy.models.config import ModelConfig
+from zippy.models.net import _mask_border
 from zippy.models.registry import get_factory
 from zippy.postprocess import sample_descriptors
 from zippy.quant.layers import QConv2d
@@ -122,12 +123,6 @@ class FastKeypointNet(nn.Module):
         w = conv.quantized_weight() if isinstance(conv, QConv2d) else conv.weight
         d = f @ w.flatten(1).t()
         return d + conv.bias if conv.bias is not None else d
-
-
-def _mask_border(score: torch.Tensor) -> torch.Tensor:
-    mask = torch.zeros_like(score)
-    mask[..., 1:-1, 1:-1] = 1.0
-    return score * mask
 
 
 def fast_macs(model: nn.Module, height: int = 480, width: int = 640) -> dict[str, int]:
