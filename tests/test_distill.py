@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,22 @@ def test_loss_parts_by_hand() -> None:
     assert parts["distill_score"] == pytest.approx(math.log(2), rel=1e-6)  # 0.5 vs any target
     assert parts["distill_coord"] == pytest.approx((0.5 + 0.5) / 8, rel=1e-6)  # L1 in cells
     assert float(loss) == pytest.approx(math.log(2) + 0.5 * 0.125, rel=1e-6)
+
+
+def test_softmax_keypoint_head_parts_by_hand() -> None:
+    out = _outputs()
+    logits = torch.zeros(1, 65, 4, 4)
+    logits[0, 64] = math.log(63.0)  # p(no keypoint) = 63 / 127, each pixel 1 / 127
+    out["kp_logits"] = logits
+    d = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
+    # (12, 20) is pixel (4, 4) of cell (x 1, y 2): class 36; the weaker (14, 22) in the same cell loses;
+    # the three other inner cells have no teacher keypoint
+    pts = TeacherPoints(torch.tensor([[12.0, 20.0], [14.0, 22.0]]), torch.tensor([0.9, 0.1]), d)
+    _, parts = distill_loss(out, out, [(pts, pts)], binary=False, ones=64, temperature=0.5,
+                            cfg=DistillConfig(desc_weight=0.0))  # fmt: skip
+    expected = (math.log(127.0) + 3 * math.log(127.0 / 63.0)) / 4
+    assert parts["distill_score"] == pytest.approx(expected, rel=1e-6)
+    assert parts["distill_coord"] == 0.0  # the cross-entropy places the keypoint
 
 
 def test_descriptor_part_is_zero_for_a_float_copy_of_the_teacher() -> None:
@@ -157,3 +174,14 @@ def test_real_aliked_cache(tmp_path, photo) -> None:
     again._run = None  # served from the cache file
     torch.testing.assert_close(again.photo_points(0).keypoints, pts.keypoints)
     assert again.build_cache(progress=False) == 0
+
+
+def test_teacher_cache_is_keyed_by_the_photo_bytes(tmp_path) -> None:
+    a, b = tmp_path / "one" / "p.png", tmp_path / "two" / "p.png"
+    for p, data in ((a, b"same"), (b, b"same")):
+        p.parent.mkdir()
+        p.write_bytes(data)
+    os.utime(b, (1, 1))  # another folder and another mtime: the same cache entry
+    assert _fake_aliked(tmp_path, [a]).cache_path(0).name == _fake_aliked(tmp_path, [b]).cache_path(0).name
+    b.write_bytes(b"edited")  # other bytes: another entry
+    assert _fake_aliked(tmp_path, [a]).cache_path(0).name != _fake_aliked(tmp_path, [b]).cache_path(0).name

@@ -122,3 +122,45 @@ def test_trains_and_saves_a_loadable_file(tmp_path: Path) -> None:
     path = train(tc, progress=False)
     model, _ = load_model(path)
     assert isinstance(model, FastKeypointNet) and model.cfg.topology == "fast"
+
+
+def _softmax_config() -> ModelConfig:
+    import dataclasses
+
+    return dataclasses.replace(default_config("zippyfast"), options=(("kp_head", "softmax"),))
+
+
+def test_softmax_keypoint_head_scores_cells_by_one_minus_no_keypoint() -> None:
+    torch.manual_seed(3)
+    net = build_network(_softmax_config()).eval()
+    x = torch.rand(1, 3, 72, 104)
+    with torch.no_grad():
+        out = net(x)
+        folded = fold_for_inference(net).detect(x)
+    logits = out["kp_logits"]
+    assert logits.shape == (1, 65, 9, 13)
+    p = torch.softmax(logits, 1)
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
+    assert torch.allclose(out["score"][inner], 1 - p[:, 64:65][inner], atol=1e-6)
+    assert (out["score"][..., 0, :] == 0).all() and (out["score"][..., -1] == 0).all()  # masked border cells
+    # the keypoint: soft-argmax of the 64 pixel logits, as with the sigmoid head
+    q = torch.softmax(logits[:, :64], 1)[0, :, 4, 5]
+    d = torch.arange(8.0)
+    expected = torch.stack([(q.view(8, 8) * d).sum() + 40, (q.view(8, 8) * d[:, None]).sum() + 32])
+    assert torch.allclose(out["coords"][0, :, 4, 5], expected, atol=1e-4)
+    assert torch.allclose(folded["score"], out["score"], atol=1e-5)
+    with pytest.raises(ValueError, match="kp_head"):
+        build_network(ModelConfig(backbone="zippyfast", topology="fast", options=(("kp_head", "x"),)))
+
+
+def test_sigmoid_head_weights_initialise_a_softmax_head(tmp_path: Path) -> None:
+    from zippy.train.init import init_from
+    from zippy.weights import save_weights
+
+    src = _trained_like(4)
+    path = save_weights(tmp_path / "sigmoid.pt", src, {"trained": True})
+    net = build_network(_softmax_config())
+    assert init_from(net, path) == len(net.state_dict())
+    # the sigmoid score logit (high: a keypoint) becomes the no-keypoint logit (high: none)
+    w_src, w_dst = src.kp_head[-1].weight, net.kp_head[-1].weight
+    assert torch.equal(w_dst[64], -w_src[64]) and torch.equal(w_dst[:64], w_src[:64])

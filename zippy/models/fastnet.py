@@ -8,9 +8,14 @@ resolution, this one follows the ideas of XFeat (Potje et al., CVPR 2024) and ti
 * a narrow encoder goes down to 1/32 by space-to-depth and 1x1 / 3x3 convs; the 1/16 and 1/32 features
   are projected and upsampled onto the 1/8 grid and added (multi-scale context at 1/8 cost);
 * keypoints: a head on the 8x8-unshuffled grey pixels of each cell (64 values) and the fused 1/8
-  features gives 64 position logits (one per pixel of the cell) and a score logit. The keypoint is the
-  soft-argmax of the 64 logits, so its position is read from the pixels themselves, not from the cell
-  grid; the score is the sigmoid of the last logit;
+  features gives 65 logits per cell: one per pixel of the cell and one more. The keypoint is the
+  soft-argmax of the 64 pixel logits, so its position is read from the pixels themselves, not from the
+  cell grid. The score comes from the last logit, read as the head option ``kp_head`` says:
+
+  - ``"sigmoid"`` (the default): the cell's score is the sigmoid of the last logit;
+  - ``"softmax"``: a softmax over all 65, the last being "no keypoint in this cell"; the score is
+    1 - p(no keypoint). Distillation then teaches this softmax the pixel of the teacher's keypoint, or
+    "no keypoint", by cross-entropy (as XFeat's keypoint head is trained);
 * descriptors: a 1x1 conv of the fused features to 256 values at 1/8 resolution (sampled bilinearly at
   the keypoints and binarized by the extractor, exactly as for the KP2D topology).
 
@@ -20,7 +25,8 @@ apply to this topology through the same mechanism.
 
 Input: float [B, 3, H, W] in [0, 1], H and W multiples of 8 (padded to 32 internally, outputs cropped).
 Outputs: as :class:`~zippy.models.net.KeypointNet`: ``score`` [B, 1, H/8, W/8], ``coords`` [B, 2, H/8, W/8]
-(x, y) in input pixels, ``desc`` [B, D, H/8, W/8].
+(x, y) in input pixels, ``desc`` [B, D, H/8, W/8]; the "softmax" head adds its logits ``kp_logits``
+[B, 65, H/8, W/8] (for the distillation loss).
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from zippy.models.registry import get_factory
 from zippy.postprocess import sample_descriptors
 from zippy.quant.layers import QConv2d
 
-__all__ = ["FastKeypointNet", "fast_macs", "fold_for_inference"]
+__all__ = ["KP_HEADS", "FastKeypointNet", "fast_macs", "fold_for_inference"]
+
+KP_HEADS = ("sigmoid", "softmax")
 
 _GREY = (0.299, 0.587, 0.114)
 
@@ -48,6 +56,9 @@ class FastKeypointNet(nn.Module):
         if cfg.cell != 8:
             raise ValueError(f"the fast topology has 8x8 cells, got cell={cfg.cell}")
         self.cfg = cfg
+        self.kp_head_kind = cfg.option("kp_head", "sigmoid")
+        if self.kp_head_kind not in KP_HEADS:
+            raise ValueError(f"unknown kp_head option {self.kp_head_kind!r}; choose one of {list(KP_HEADS)}")
         f = get_factory(cfg.backbone)(cfg)
         self.binary_descriptors = f.binary_descriptors
         c4, c8, c16 = cfg.widths
@@ -69,7 +80,7 @@ class FastKeypointNet(nn.Module):
         self.register_buffer("offsets", torch.stack([dx.flatten(), dy.flatten()], 0), persistent=False)
 
     def _grey(self, x: torch.Tensor) -> torch.Tensor:
-        g = (x * self.grey).sum(1, keepdim=True)
+        g = F.conv2d(x, self.grey.to(x.dtype))
         mean = g.mean((2, 3), keepdim=True)
         std = g.std((2, 3), keepdim=True)
         return (g - mean) / (std + 0.02)
@@ -80,7 +91,8 @@ class FastKeypointNet(nn.Module):
         return out
 
     def detect(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Keypoint outputs (``score``, ``coords``) and the fused 1/8 features ``feat`` [B, C, H/8, W/8]."""
+        """Keypoint outputs (``score``, ``coords``; "softmax" head: ``kp_logits``) and the fused 1/8 features
+        ``feat`` [B, C, H/8, W/8]."""
         _, _, h, w = x.shape
         if h % 8 or w % 8:
             raise ValueError(f"input size must be a multiple of 8, got {w}x{h}")
@@ -90,9 +102,9 @@ class FastKeypointNet(nn.Module):
             g = F.pad(g, (0, pw, 0, ph))
         hc, wc = h // 8, w // 8
         x4 = self.enc4(F.pixel_unshuffle(g, 4))
-        x8 = self.enc8(F.pixel_unshuffle(x4, 2))
-        x16 = self.enc16(F.pixel_unshuffle(x8, 2))
-        x32 = self.enc32(F.pixel_unshuffle(x16, 2))
+        x8 = self._down(self.enc8, x4)
+        x16 = self._down(self.enc16, x8)
+        x32 = self._down(self.enc32, x16)
         size8 = x8.shape[-2:]
         fused = (
             x8
@@ -100,17 +112,29 @@ class FastKeypointNet(nn.Module):
             + F.interpolate(self.lat32(x32), size=size8, mode="bilinear", align_corners=False)
         )
         feat = self.fuse(fused)[..., :hc, :wc]
-        cells = F.pixel_unshuffle(g, 8)[..., :hc, :wc]
-        logits = self.kp_head(torch.cat([cells, feat], 1)).float()
-        score = torch.sigmoid(logits[:, 64:65])
-        score = _mask_border(score)
+        logits = self._kp_logits(g, feat).float()
+        out: dict[str, torch.Tensor] = {"feat": feat}
+        if self.kp_head_kind == "softmax":
+            score = _mask_border(1.0 - torch.softmax(logits, 1)[:, 64:65])
+            out["kp_logits"] = logits
+        else:
+            score = _mask_border(torch.sigmoid(logits[:, 64:65]))
         prob = torch.softmax(logits[:, :64], 1)
         offset = torch.einsum("bchw,kc->bkhw", prob, self.offsets)  # [B, 2, hc, wc] px inside the cell
         ys = torch.arange(hc, device=x.device, dtype=offset.dtype) * 8
         xs = torch.arange(wc, device=x.device, dtype=offset.dtype) * 8
         base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), 0)[None]
-        coords = base + offset
-        return {"score": score, "coords": coords, "feat": feat}
+        out["score"], out["coords"] = score, base + offset
+        return out
+
+    def _down(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Half resolution: space-to-depth by 2, then the stage (its first conv is 1x1)."""
+        return stage(F.pixel_unshuffle(x, 2))
+
+    def _kp_logits(self, g: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        """[B, 65, hc, wc] from the grey image g (padded) and the fused features [B, C, hc, wc]."""
+        hc, wc = feat.shape[-2:]
+        return self.kp_head(torch.cat([F.pixel_unshuffle(g, 8)[..., :hc, :wc], feat], 1))
 
     def describe(self, out: dict[str, torch.Tensor], keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
         """Raw descriptors float [N, D] at ``keypoints`` [N, 2] of the first image of a :meth:`detect` output.
@@ -147,10 +171,15 @@ def fast_macs(model: nn.Module, height: int = 480, width: int = 640) -> dict[str
 
 
 def fold_for_inference(model: FastKeypointNet) -> FastKeypointNet:
-    """A copy of ``model`` for inference: every conv + BatchNorm pair folded into one plain float conv.
+    """A copy of ``model`` for inference: the same function up to float32 rounding, in fewer operations.
 
-    The folded weights are the trained 8-bit weights (dequantized) scaled by the BatchNorm factors, so the
-    copy computes the same function up to float32 rounding with fewer operations. Eval mode only.
+    * every conv + BatchNorm pair becomes one plain float conv, its weights the trained 8-bit weights
+      (dequantized) scaled by the BatchNorm factors;
+    * each space-to-depth by 2 and the 1x1 conv after it become one 2x2 stride-2 conv;
+    * the keypoint head's first conv, a 1x1 conv over the concatenated cell pixels and features, becomes
+      an 8x8 stride-8 conv on the grey image plus a 1x1 conv on the features (no concatenation).
+
+    Eval mode only.
     """
     import copy
 
@@ -161,7 +190,47 @@ def fold_for_inference(model: FastKeypointNet) -> FastKeypointNet:
                 setattr(parent, name, nn.Sequential(_plain_conv(child[0], child[1]), child[2]))
             elif isinstance(child, QConv2d):
                 setattr(parent, name, _plain_conv(child, None))
+    for stage in (m.enc8, m.enc16, m.enc32):
+        stage[0][0] = _space_to_depth_conv(stage[0][0], 2)
+    conv, act = m.kp_head[0]
+    w = conv.weight.detach()
+    cells = nn.Conv2d(1, conv.out_channels, 8, stride=8, bias=False)
+    cells.weight.data.copy_(w[:, :64].reshape(conv.out_channels, 1, 8, 8))
+    feat = nn.Conv2d(conv.in_channels - 64, conv.out_channels, 1, bias=True)
+    feat.weight.data.copy_(w[:, 64:])
+    feat.bias.data.copy_(conv.bias.detach())
+    first = nn.Module()
+    first.cells, first.feat, first.act = cells.eval(), feat.eval(), act
+    m.kp_head[0] = first
+    m.__class__ = _FoldedFastNet
     return m
+
+
+class _FoldedFastNet(FastKeypointNet):
+    """The inference copy made by :func:`fold_for_inference` (same weights, rearranged; not for training)."""
+
+    def _down(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return stage(x)  # the first conv is the 2x2 stride-2 form of space-to-depth + 1x1
+
+    def _kp_logits(self, g: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        hc, wc = feat.shape[-2:]
+        first = self.kp_head[0]  # the cell pixels' part (8x8 stride 8 on g), the features' part, activation
+        y = first.act(first.cells(g)[..., :hc, :wc] + first.feat(feat))
+        return self.kp_head[1:](y)
+
+
+def _space_to_depth_conv(conv: nn.Conv2d, factor: int) -> nn.Conv2d:
+    """The ``factor`` x ``factor`` stride-``factor`` conv equal to pixel_unshuffle(x, factor) then the 1x1 ``conv``.
+
+    pixel_unshuffle puts input channel c's pixel (dy, dx) of each block at channel c * factor**2 + dy * factor + dx,
+    so the 1x1 weight [O, C * f * f] is the strided kernel [O, C, f, f] read in that order.
+    """
+    cin = conv.in_channels // factor**2
+    out = nn.Conv2d(cin, conv.out_channels, factor, stride=factor, bias=conv.bias is not None)
+    out.weight.data.copy_(conv.weight.detach().reshape(conv.out_channels, cin, factor, factor))
+    if conv.bias is not None:
+        out.bias.data.copy_(conv.bias.detach())
+    return out.eval()
 
 
 def _plain_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> nn.Conv2d:

@@ -6,10 +6,11 @@ Teachers (:func:`make_teacher`):
   (it costs one extra forward pass, no cache needed); its points are its best cells' keypoints.
 * ALIKED (``kornia.feature.ALIKED`` with local weights, e.g. ``aliked-t16.pth``): about 1 s per image
   here, far too slow per step, so it runs once per training photo and its keypoints, scores and
-  descriptors are cached (``<cache>/<model>_<n>/<photo>-<hash>.npz``). Each training pair then maps
-  the photo's points into both views with the pair's transforms: the batch must carry ``index`` (the
-  photo's index in the file list) and ``M0`` (float [B, 3, 3], photo pixels -> image0 pixels); image1
-  points follow from ``H @ M0``. The same photo point gets the same teacher descriptor in both views.
+  descriptors are cached (``<cache>/<model>_<n>_<side>/<photo>-<hash of its bytes>.npz``: the cache
+  survives moving the photos). Each training pair then maps the photo's points into both views with
+  the pair's transforms: the batch must carry ``index`` (the photo's index in the file list) and ``M0``
+  (float [B, 3, 3], photo pixels -> image0 pixels); image1 points follow from ``H @ M0``. The same
+  photo point gets the same teacher descriptor in both views.
 
 Loss per pair (:func:`distill_loss`), with the teacher's top ``max_points`` points of each view:
 
@@ -17,6 +18,9 @@ Loss per pair (:func:`distill_loss`), with the teacher's top ``max_points`` poin
   (1 where a teacher keypoint falls in the cell), over the cells the network does not mask;
 * position: L1 distance, in cells, between the student's keypoint of an occupied cell and the
   teacher's best keypoint in it;
+* for a softmax keypoint head (outputs ``kp_logits``, :mod:`zippy.models.fastnet`) the score and position
+  parts are one cross-entropy of each cell's 65-way softmax against the pixel of the teacher's best
+  keypoint in the cell, or "no keypoint" (weighted by ``score_weight``; the position part is 0);
 * descriptor (relational, so any teacher dimension works): the student's similarities between all
   sampled points of both views match the teacher's cosine similarities (mean squared error over
   pairs). Binary students use soft top-k bits (BinNormTrain) with the similarity
@@ -143,9 +147,10 @@ class NetworkTeacher(Teacher):
 
 
 def _file_key(path: Path, *parts: Any) -> str:
-    st = path.stat()
-    text = "|".join(map(str, (path.resolve(), st.st_size, st.st_mtime_ns, *parts)))
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+    """A key of the file's bytes (and ``parts``), so a cache survives moving or copying the photos."""
+    h = hashlib.sha1(path.read_bytes())
+    h.update("|".join(map(str, parts)).encode())
+    return h.hexdigest()[:12]
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
@@ -379,6 +384,22 @@ def _cell_targets(pts: TeacherPoints, hc: int, wc: int, cell: int) -> tuple[torc
     return occ.view(hc, wc), uniq, kp[first]
 
 
+def _pixel_targets(pts: TeacherPoints, hc: int, wc: int, cell: int) -> torch.Tensor:
+    """Class per cell for a (cell * cell + 1)-way keypoint softmax, long [hc * wc]: the pixel (dy * cell + dx)
+    of the cell's best teacher keypoint, or cell * cell ("no keypoint") where the teacher has none."""
+    target = torch.full((hc * wc,), cell * cell, dtype=torch.long)
+    if pts.keypoints.shape[0] == 0:
+        return target
+    pix = pts.keypoints[torch.argsort(pts.scores, descending=True)].round().long()
+    pix[:, 0].clamp_(0, wc * cell - 1)
+    pix[:, 1].clamp_(0, hc * cell - 1)
+    flat = (pix[:, 1] // cell) * wc + pix[:, 0] // cell
+    cls = (pix[:, 1] % cell) * cell + pix[:, 0] % cell
+    # written in reverse score order, so the best keypoint of a cell is written last and wins
+    target[flat.flip(0)] = cls.flip(0)
+    return target
+
+
 def distill_loss(
     out0: dict[str, torch.Tensor],
     out1: dict[str, torch.Tensor],
@@ -412,10 +433,17 @@ def distill_loss(
             s = out["score"][b, 0]
             hc, wc = s.shape
             himg, wimg = hc * cell, wc * cell
-            occ, cells, kp = _cell_targets(pts, hc, wc, cell)
             interior = torch.zeros_like(s, dtype=torch.bool)
             interior[1:-1, 1:-1] = True
-            score_l.append(F.binary_cross_entropy(s[interior].clamp(1e-6, 1 - 1e-6), occ[interior]))
+            if "kp_logits" in out:  # a softmax keypoint head: the teacher's pixel (or none) per cell, cross-entropy
+                target = _pixel_targets(pts, hc, wc, cell)
+                logits = out["kp_logits"][b].flatten(1).t()  # [hc * wc, 65]
+                flat = interior.flatten()
+                score_l.append(F.cross_entropy(logits[flat], target[flat]))
+                cells = torch.zeros(0, dtype=torch.long)
+            else:
+                occ, cells, kp = _cell_targets(pts, hc, wc, cell)
+                score_l.append(F.binary_cross_entropy(s[interior].clamp(1e-6, 1 - 1e-6), occ[interior]))
             if cells.numel():
                 c = out["coords"][b].flatten(1)[:, cells].t()
                 coord_l.append((c - kp).abs().sum(1).mean() / cell)

@@ -94,5 +94,13 @@ def init_from(model: KeypointNet, path: str | os.PathLike) -> int:
         taken = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(taken, strict=False)
         n = len(taken)
+    src_head = cfg.option("kp_head", "sigmoid") if cfg.topology == "fast" else None
+    if getattr(model, "kp_head_kind", None) == "softmax" and src_head == "sigmoid":
+        # the sigmoid head's last logit is a score (high: keypoint); the softmax head's is "no keypoint"
+        last = model.kp_head[-1]
+        with torch.no_grad():
+            last.weight[64].neg_()
+            last.bias[64].neg_()
+        log.info("sigmoid -> softmax keypoint head: the score logit becomes the no-keypoint logit (negated)")
     log.info("initialised %d/%d tensors from %s (%s)", n, len(model.state_dict()), path, cfg.backbone)
     return n
