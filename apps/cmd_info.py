@@ -51,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {k:>6}: {counts[k] / 1e6:.3f} M ({100 * counts[k] / counts['total']:.1f} %)")
     kind = f"binary {cfg.desc_dim} bits, {cfg.desc_ones} ones" if model.binary_descriptors else f"float {cfg.desc_dim}"
     print(f"  descriptors: {kind}")
-    detector = getattr(model, "detector", "cell")
-    cells = f"one per {cfg.cell}x{cfg.cell} cell"
-    print(f"  topology: {cfg.topology}, keypoints: {'peaks of a per-pixel heatmap' if detector == 'dense' else cells}")
+    head = getattr(model, "kp_head_kind", None)
+    score = f", scored by a {head} head" if head else ""
+    print(f"  topology: {cfg.topology}, keypoints: one per {cfg.cell}x{cfg.cell} cell{score}")
     rows = layer_table(model)
     by_prec: dict[str, int] = {}
     for _, _, prec, _ in rows:

@@ -118,3 +118,5 @@ def test_info_names_the_model_and_its_backbone(capsys) -> None:
     assert head.startswith("zippypoint_small (backbone zippypoint, widths [16, 32, 64]): ")
     assert main(["info", "kp2d"]) == 0
     assert capsys.readouterr().out.startswith("kp2d: ")
+    assert main(["info", "zippyfast"]) == 0
+    assert "topology: fast, keypoints: one per 8x8 cell, scored by a softmax head" in capsys.readouterr().out

@@ -395,8 +395,12 @@ def _pixel_targets(pts: TeacherPoints, hc: int, wc: int, cell: int) -> torch.Ten
     pix[:, 1].clamp_(0, hc * cell - 1)
     flat = (pix[:, 1] // cell) * wc + pix[:, 0] // cell
     cls = (pix[:, 1] % cell) * cell + pix[:, 0] % cell
-    # written in reverse score order, so the best keypoint of a cell is written last and wins
-    target[flat.flip(0)] = cls.flip(0)
+    # the first occurrence of each cell in score order is its best keypoint
+    uniq, inv = torch.unique(flat, return_inverse=True)
+    first = torch.full((uniq.numel(),), flat.numel(), dtype=torch.long).scatter_reduce(
+        0, inv, torch.arange(flat.numel()), reduce="amin"
+    )
+    target[uniq] = cls[first]
     return target
 
 
