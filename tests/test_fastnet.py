@@ -164,3 +164,7 @@ def test_sigmoid_head_weights_initialise_a_softmax_head(tmp_path: Path) -> None:
     # the sigmoid score logit (high: a keypoint) becomes the no-keypoint logit (high: none)
     w_src, w_dst = src.kp_head[-1].weight, net.kp_head[-1].weight
     assert torch.equal(w_dst[64], -w_src[64]) and torch.equal(w_dst[:64], w_src[:64])
+    back = _trained_like(5)  # and back: a softmax file into a sigmoid head
+    path = save_weights(tmp_path / "softmax.pt", net, {"trained": True})
+    assert init_from(back, path) == len(back.state_dict())
+    assert torch.equal(back.kp_head[-1].weight[64], w_src[64])

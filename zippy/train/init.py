@@ -95,12 +95,13 @@ def init_from(model: KeypointNet, path: str | os.PathLike) -> int:
         model.load_state_dict(taken, strict=False)
         n = len(taken)
     src_head = cfg.option("kp_head", "sigmoid") if cfg.topology == "fast" else None
-    if getattr(model, "kp_head_kind", None) == "softmax" and src_head == "sigmoid":
-        # the sigmoid head's last logit is a score (high: keypoint); the softmax head's is "no keypoint"
+    dst_head = getattr(model, "kp_head_kind", None)
+    if src_head and dst_head and src_head != dst_head:
+        # a sigmoid head's last logit is a score (high: keypoint), a softmax head's is "no keypoint"
         last = model.kp_head[-1]
         with torch.no_grad():
             last.weight[64].neg_()
             last.bias[64].neg_()
-        log.info("sigmoid -> softmax keypoint head: the score logit becomes the no-keypoint logit (negated)")
+        log.info("%s -> %s keypoint head: the last keypoint logit is negated", src_head, dst_head)
     log.info("initialised %d/%d tensors from %s (%s)", n, len(model.state_dict()), path, cfg.backbone)
     return n
