@@ -191,16 +191,13 @@ def fold_for_inference(model: FastKeypointNet) -> FastKeypointNet:
             elif isinstance(child, QConv2d):
                 setattr(parent, name, _plain_conv(child, None))
     for stage in (m.enc8, m.enc16, m.enc32):
-        stage[0][0] = _space_to_depth_conv(stage[0][0], 2)
+        conv = stage[0][0]
+        stage[0][0] = _space_to_depth_conv(conv.weight, conv.bias, 2)
     conv, act = m.kp_head[0]
-    w = conv.weight.detach()
-    cells = nn.Conv2d(1, conv.out_channels, 8, stride=8, bias=False)
-    cells.weight.data.copy_(w[:, :64].reshape(conv.out_channels, 1, 8, 8))
-    feat = nn.Conv2d(conv.in_channels - 64, conv.out_channels, 1, bias=True)
-    feat.weight.data.copy_(w[:, 64:])
-    feat.bias.data.copy_(conv.bias.detach())
+    cells = _space_to_depth_conv(conv.weight[:, :64], None, 8)  # the 64 cell pixels: pixel_unshuffle(g, 8)
+    feat = _space_to_depth_conv(conv.weight[:, 64:], conv.bias, 1)  # the features: a 1x1 conv
     first = nn.Module()
-    first.cells, first.feat, first.act = cells.eval(), feat.eval(), act
+    first.cells, first.feat, first.act = cells, feat, act
     m.kp_head[0] = first
     m.__class__ = _FoldedFastNet
     return m
@@ -219,17 +216,18 @@ class _FoldedFastNet(FastKeypointNet):
         return self.kp_head[1:](y)
 
 
-def _space_to_depth_conv(conv: nn.Conv2d, factor: int) -> nn.Conv2d:
-    """The ``factor`` x ``factor`` stride-``factor`` conv equal to pixel_unshuffle(x, factor) then the 1x1 ``conv``.
+def _space_to_depth_conv(weight: torch.Tensor, bias: torch.Tensor | None, factor: int) -> nn.Conv2d:
+    """The ``factor`` x ``factor`` stride-``factor`` conv equal to pixel_unshuffle(x, factor) then a 1x1 conv of
+    ``weight`` [O, C * factor**2, 1, 1] and ``bias`` [O] (or None); factor 1 is the 1x1 conv itself.
 
     pixel_unshuffle puts input channel c's pixel (dy, dx) of each block at channel c * factor**2 + dy * factor + dx,
-    so the 1x1 weight [O, C * f * f] is the strided kernel [O, C, f, f] read in that order.
+    so the 1x1 weight is the strided kernel [O, C, factor, factor] read in that order.
     """
-    cin = conv.in_channels // factor**2
-    out = nn.Conv2d(cin, conv.out_channels, factor, stride=factor, bias=conv.bias is not None)
-    out.weight.data.copy_(conv.weight.detach().reshape(conv.out_channels, cin, factor, factor))
-    if conv.bias is not None:
-        out.bias.data.copy_(conv.bias.detach())
+    cout, cin = weight.shape[0], weight.shape[1] // factor**2
+    out = nn.Conv2d(cin, cout, factor, stride=factor, bias=bias is not None)
+    out.weight.data.copy_(weight.detach().reshape(cout, cin, factor, factor))
+    if bias is not None:
+        out.bias.data.copy_(bias.detach())
     return out.eval()
 
 

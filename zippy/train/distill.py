@@ -365,6 +365,16 @@ def make_teacher(
     )
 
 
+def _first_per_cell(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distinct cells [M], index of each one's first occurrence in ``flat`` [M]) for cell indices long [N];
+    with keypoints in descending score order, the first occurrence is the cell's best keypoint."""
+    uniq, inv = torch.unique(flat, return_inverse=True)
+    first = torch.full((uniq.numel(),), flat.numel(), dtype=torch.long).scatter_reduce(
+        0, inv, torch.arange(flat.numel()), reduce="amin"
+    )
+    return uniq, first
+
+
 def _cell_targets(pts: TeacherPoints, hc: int, wc: int, cell: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(occupancy float [hc, wc], flat indices of occupied cells [M], best teacher keypoint per such cell [M, 2])."""
     occ = torch.zeros(hc * wc)
@@ -375,11 +385,7 @@ def _cell_targets(pts: TeacherPoints, hc: int, wc: int, cell: int) -> tuple[torc
     cx = (kp[:, 0] / cell).floor().long().clamp(0, wc - 1)
     cy = (kp[:, 1] / cell).floor().long().clamp(0, hc - 1)
     flat = cy * wc + cx
-    # the first occurrence of each cell in score order is its best keypoint
-    uniq, inv = torch.unique(flat, return_inverse=True)
-    first = torch.full((uniq.numel(),), flat.numel(), dtype=torch.long).scatter_reduce(
-        0, inv, torch.arange(flat.numel()), reduce="amin"
-    )
+    uniq, first = _first_per_cell(flat)
     occ[uniq] = 1.0
     return occ.view(hc, wc), uniq, kp[first]
 
@@ -395,11 +401,7 @@ def _pixel_targets(pts: TeacherPoints, hc: int, wc: int, cell: int) -> torch.Ten
     pix[:, 1].clamp_(0, hc * cell - 1)
     flat = (pix[:, 1] // cell) * wc + pix[:, 0] // cell
     cls = (pix[:, 1] % cell) * cell + pix[:, 0] % cell
-    # the first occurrence of each cell in score order is its best keypoint
-    uniq, inv = torch.unique(flat, return_inverse=True)
-    first = torch.full((uniq.numel(),), flat.numel(), dtype=torch.long).scatter_reduce(
-        0, inv, torch.arange(flat.numel()), reduce="amin"
-    )
+    uniq, first = _first_per_cell(flat)
     target[uniq] = cls[first]
     return target
 
