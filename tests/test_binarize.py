@@ -47,6 +47,18 @@ def test_soft_topk_sums_to_k_and_approaches_hard() -> None:
     assert errs[-1] < 0.01
 
 
+def test_soft_topk_solves_hard_rows() -> None:
+    # heavy tails, ties, a constant row and wildly different scales: every row still sums to k
+    torch.manual_seed(1)
+    x = torch.cat(
+        [torch.randn(50, 256) ** 5, torch.randn(50, 256).round(), torch.ones(1, 256), torch.randn(20, 256) * 1e4]
+    )
+    for t in (2.0, 0.5, 0.05, 0.005):
+        y = soft_topk(x, 64, t)
+        assert torch.isfinite(y).all()
+        assert torch.allclose(y.sum(-1), torch.full((121,), 64.0), atol=1e-3), t
+
+
 def test_soft_topk_gradient_matches_finite_differences() -> None:
     torch.manual_seed(1)
     x = torch.randn(2, 16, dtype=torch.float64, requires_grad=True)
