@@ -14,6 +14,8 @@ Methods:
     * any zippy model with trained weights (``zippy.available_models()``: "zippypoint", "zippypoint_small",
       "kp2d"), or a backbone of ``zippy.available_backbones()`` given ``weights=``, via ``zippy.load`` with the
       run's :class:`zippy.ExtractorConfig` options.
+    * "DETECTOR+MODEL" ("gftt+zippyfast", "orb+zippypoint"): a classical detector's keypoints described by a
+      zippy model (:class:`DetectorPlusZippy`), to see how much of a result is the detector's.
 
 Budget rule: keypoints are ranked by their response / score and the best ``max_keypoints`` kept
 (OpenCV methods detect, describe, then keep the top ones, so keypoints dropped by the descriptor near
@@ -43,7 +45,9 @@ from zippy.config import ExtractorConfig
 from zippy.features import Features
 
 __all__ = [
+    "DETECTORS",
     "OPENCV_METHODS",
+    "DetectorPlusZippy",
     "Method",
     "MethodUnavailableError",
     "available_methods",
@@ -318,6 +322,56 @@ class ZippyMethod(Method):
         return f"{super().cache_key()}-{self.config.tag()}"
 
 
+# ------------------------------------------------------------------------------------------ detector swap
+
+DETECTORS = ("gftt", "orb")
+
+
+class DetectorPlusZippy(Method):
+    """A classical detector's keypoints described by a zippy model (``Extractor.describe``): "gftt+zippyfast".
+
+    A diagnostic that separates the two halves of a method: with the same descriptors, how much does the
+    detector decide? ``gftt``: Shi-Tomasi corners (``cv2.goodFeaturesToTrack``, quality 0.001, at least 4 px
+    apart, 3x3 blocks), scored by the smallest eigenvalue; ``orb``: ORB's keypoints (8 levels, Harris score,
+    ``nfeatures = max_keypoints``) at their positions in the image (the descriptor stays one pass at scale 1).
+    """
+
+    def __init__(self, detector: str, model: ZippyMethod) -> None:
+        import cv2
+
+        if detector not in DETECTORS:
+            raise ValueError(f"unknown detector {detector!r}; choose from {list(DETECTORS)}")
+        self.detector, self.model = detector, model
+        self.name = f"{detector}+{model.name}"
+        self.binary = model.binary
+        self._cv2 = cv2
+
+    def _detect(self, gray: np.ndarray, max_keypoints: int) -> tuple[np.ndarray, np.ndarray]:
+        cv2 = self._cv2
+        if self.detector == "orb":
+            kps = cv2.ORB_create(nfeatures=max_keypoints).detect(gray, None)
+            pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
+            return pts, np.array([k.response for k in kps], np.float32)
+        corners = cv2.goodFeaturesToTrack(gray, max_keypoints, 0.001, 4, blockSize=3)
+        pts = np.zeros((0, 2), np.float32) if corners is None else corners.reshape(-1, 2).astype(np.float32)
+        eig = cv2.cornerMinEigenVal(gray, 3, 3)
+        return pts, eig[pts[:, 1].astype(int), pts[:, 0].astype(int)].astype(np.float32)
+
+    def _extract(self, rgb: np.ndarray, max_keypoints: int) -> Features:
+        pts, scores = self._detect(self._cv2.cvtColor(rgb, self._cv2.COLOR_RGB2GRAY), max_keypoints)
+        feats = self.model._extractor.describe(rgb, pts, scores)
+        feats.meta["method"] = self.name
+        return feats
+
+    def info(self) -> dict[str, Any]:
+        info = self.model.info()
+        params = {"detector": self.detector, "opencv": self._cv2.__version__, **info["params"]}
+        return {**info, "name": self.name, "params": params}
+
+    def cache_key(self) -> str:
+        return f"{self.detector}-{self.model.cache_key()}"
+
+
 # ----------------------------------------------------------------------------------------------- registry
 
 
@@ -379,7 +433,15 @@ def get_method(
         if kw:
             raise ValueError(f"zippy model {key} takes weights and extractor only, got {sorted(kw)}")
         return ZippyMethod((extractor or ExtractorConfig()).replace(name=key, weights=weights))
-    raise ValueError(f"unknown method {name!r}; choose from {available_methods()}")
+    det, plus, model = key.partition("+")
+    if plus and det in DETECTORS:  # "gftt+zippyfast": a classical detector, a zippy model's descriptors
+        inner = get_method(model, weights=weights, extractor=extractor, **kw)
+        if not isinstance(inner, ZippyMethod):
+            raise ValueError(f"{name!r}: the part after '+' must be a zippy model, got {model!r}")
+        return DetectorPlusZippy(det, inner)
+    raise ValueError(
+        f"unknown method {name!r}; choose from {available_methods()} (or DETECTOR+MODEL, DETECTOR in {list(DETECTORS)})"
+    )
 
 
 def method_for_run(name: str, conf: Any) -> Method:

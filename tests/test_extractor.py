@@ -282,3 +282,35 @@ def test_nms_radius(calibrated_zippypoint, rng_image: np.ndarray) -> None:
     for bad in (-1, "2", None, True):
         with pytest.raises(ValueError, match="nms_radius must be a number >= 0"):
             Extractor(calibrated_zippypoint, nms_radius=bad)
+
+
+@pytest.mark.parametrize("name", ["zippyfast", "zippypoint_small"])
+def test_describe_at_the_extractors_own_keypoints_gives_its_descriptors(name: str, photo: np.ndarray) -> None:
+    ex = zippy.load(name)  # shipped weights: fp32-folded (fast topology) and the int8 engine's describe path
+    img = photo[:240, :320]
+    f = ex.extract(img, max_keypoints=200)
+    d = ex.describe(img, f.keypoints[::-1], f.scores[::-1])  # any order is kept
+    assert np.array_equal(d.keypoints, f.keypoints[::-1]) and np.array_equal(d.scores, f.scores[::-1])
+    assert np.array_equal(d.descriptors, f.descriptors[::-1])
+    assert len(ex.describe(img, np.zeros((0, 2), np.float32))) == 0
+    assert np.all(ex.describe(img, [[0.0, 0.0], [319.0, 239.0]]).scores == 1.0)
+
+
+@pytest.mark.parametrize(
+    ("keypoints", "scores", "message"),
+    [
+        (np.zeros((3, 3)), None, r"float \[N, 2\]"),
+        ([[10.0, 10.0], [101.0, 5.0]], None, "outside the 101x75 image"),
+        ([[np.nan, 10.0]], None, "not finite"),
+        ([[10.0, 10.0]], [1.0, 2.0], "one value per keypoint"),
+    ],
+)
+def test_describe_bad_keypoints(zp: Extractor, rng_image: np.ndarray, keypoints, scores, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        zp.describe(rng_image, keypoints, scores)
+
+
+def test_describe_needs_one_pass(calibrated_zippypoint, rng_image: np.ndarray) -> None:
+    ex = Extractor(calibrated_zippypoint, engine="fp32", scales=(1.41, 1.0))
+    with pytest.raises(ValueError, match="one pass at scale 1"):
+        ex.describe(rng_image, [[10.0, 10.0]])

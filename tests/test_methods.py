@@ -175,3 +175,25 @@ def test_zippy_match_dispatches_on_the_descriptor_kind(image):
     assert len(strict) < len(plain) and {tuple(p) for p in strict} <= {tuple(p) for p in plain}
     with pytest.raises(ValueError, match="one kind and width"):
         match_features(orb, sift)
+
+
+@pytest.mark.parametrize("detector", ["gftt", "orb"])
+def test_detector_plus_zippy_describes_the_detectors_keypoints(detector, image):
+    m = get_method(f"{detector}+zippyfast")
+    assert m.name == f"{detector}+zippyfast" and m.binary
+    f = m.extract(image, 300)
+    check_features(f, 300, True, 32, (320, 240))
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    pts, _ = m._detect(gray, 300)
+    assert {tuple(p) for p in f.keypoints.tolist()} <= {tuple(p) for p in pts.tolist()}
+    plain = get_method("zippyfast")
+    assert m.info()["params"]["detector"] == detector and m.cache_key() != plain.cache_key()
+    same = plain._extractor.describe(image, f.keypoints)
+    assert np.array_equal(same.descriptors, f.descriptors)
+
+
+def test_detector_plus_errors():
+    with pytest.raises(ValueError, match="must be a zippy model"):
+        get_method("gftt+orb")
+    with pytest.raises(ValueError, match=r"DETECTOR\+MODEL"):
+        get_method("harris+zippyfast")

@@ -314,12 +314,63 @@ class Extractor:
             feats.append(Features(kpts.numpy(), scores.numpy(), desc.numpy(), (w, h), meta))
         return feats
 
+    @torch.inference_mode()
+    def describe(self, image: Any, keypoints: Any, scores: Any = None) -> Features:
+        """Descriptors of this model at given keypoints, e.g. another detector's (as OpenCV's ``compute``).
+
+        One network pass at scale 1; the descriptors are the ones :meth:`extract` gives at the same points.
+
+        Args:
+            image: as for :meth:`extract`.
+            keypoints: float [N, 2] (x, y) in the image's pixels (centres at integers), inside the image.
+            scores: float [N] kept as given (None: all 1).
+
+        Returns:
+            Features with the keypoints and scores as given (same order) and descriptors as :meth:`extract`'s.
+
+        Raises:
+            ValueError: keypoints not [N, 2], not finite or outside the image; scores of another length; an
+                extractor with several scales or grid shifts (describe runs one pass).
+        """
+        if self.scales != (1.0,) or self.shifts != ((0, 0),):
+            raise ValueError(
+                f"describe runs one pass at scale 1; this extractor has scales {self.scales} and shifts {self.shifts}"
+            )
+        x = to_tensor(image)
+        if x.shape[0] != 1:
+            raise ValueError(f"describe takes one image, got a batch of {x.shape[0]}")
+        _, _, h, w = x.shape
+        kpts = torch.from_numpy(np.ascontiguousarray(keypoints, np.float32))
+        if kpts.ndim != 2 or kpts.shape[1] != 2:
+            raise ValueError(f"keypoints must be float [N, 2] (x, y), got shape {tuple(kpts.shape)}")
+        inside = (kpts[:, 0] >= 0) & (kpts[:, 0] <= w - 1) & (kpts[:, 1] >= 0) & (kpts[:, 1] <= h - 1)
+        if not bool(inside.all()):  # NaN fails the comparisons too
+            bad = kpts[~inside][0].tolist()
+            raise ValueError(
+                f"{int((~inside).sum())} keypoint(s) outside the {w}x{h} image or not finite, e.g. (x, y) = {bad}"
+            )
+        n = kpts.shape[0]
+        sc = torch.ones(n) if scores is None else torch.from_numpy(np.ascontiguousarray(scores, np.float32)).reshape(-1)
+        if sc.shape[0] != n:
+            raise ValueError(f"scores must have one value per keypoint ({n}), got {sc.shape[0]}")
+        kpts, sc, desc, t_net, t_post = self._extract_pass(x, 1.0, (0, 0), max(n, 1), None, given=(kpts, sc))
+        meta = {"time_network_ms": t_net, "time_post_ms": t_post, "engine": self.engine}
+        meta["engine_path"] = self.engine_path
+        return Features(kpts.numpy(), sc.numpy(), desc.numpy(), (w, h), meta)
+
     def _extract_pass(
-        self, x: torch.Tensor, scale: float, shift: tuple[int, int], max_keypoints: int, threshold: float | None
+        self,
+        x: torch.Tensor,
+        scale: float,
+        shift: tuple[int, int],
+        max_keypoints: int,
+        threshold: float | None,
+        given: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
         """Keypoints float32 [N, 2] (in x's pixels), scores [N], final descriptors [N, D] and the network and
         post-processing times (ms) of one image x [1, 3, H, W] resized by ``scale``, then without its first
-        ``shift`` = (dx, dy) columns and rows."""
+        ``shift`` = (dx, dy) columns and rows. ``given`` (keypoints, scores) replaces the detection (scale 1
+        and no shift only)."""
         _, _, h0, w0 = x.shape
         rh, rw = (round(h0 * scale), round(w0 * scale)) if scale != 1.0 else (h0, w0)
         dx, dy = shift
@@ -343,7 +394,10 @@ class Extractor:
         out = self._net.detect(x) if sparse else self._net(x)
         t1 = time.perf_counter()
         score, coords = out["score"][0, 0], out["coords"][0]
-        kpts, scores = select_keypoints(score, coords, w, h, max_keypoints, threshold, self.nms_radius)
+        if given is None:
+            kpts, scores = select_keypoints(score, coords, w, h, max_keypoints, threshold, self.nms_radius)
+        else:
+            kpts, scores = given
         t2 = time.perf_counter()
         if sparse:
             desc = self._net.describe(out, kpts, w + pw, h + ph)
