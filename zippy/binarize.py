@@ -22,8 +22,10 @@ __all__ = ["BinNormInf", "BinNormTrain", "bits_to_packed", "hard_topk", "soft_to
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:
+    # x / std(x) with the (unbiased) variance written out: forward + backward 2x faster than torch.std on CPU
     x = x - x.mean(-1, keepdim=True)
-    return x / x.std(-1, keepdim=True).clamp_min(1e-6)
+    var = (x * x).sum(-1, keepdim=True) / max(x.shape[-1] - 1, 1)
+    return x * torch.rsqrt(var).clamp_max(1e6)
 
 
 def _solve_shift(z: torch.Tensor, k: int, tol: float = 1e-4, max_iter: int = 100) -> torch.Tensor:
