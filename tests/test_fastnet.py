@@ -168,3 +168,52 @@ def test_sigmoid_head_weights_initialise_a_softmax_head(tmp_path: Path) -> None:
     path = save_weights(tmp_path / "softmax.pt", net, {"trained": True})
     assert init_from(back, path) == len(back.state_dict())
     assert torch.equal(back.kp_head[-1].weight[64], w_src[64])
+
+
+def _local_config(rank: int = 16) -> ModelConfig:
+    import dataclasses
+
+    return dataclasses.replace(default_config("zippyfast"), options=(("kp_head", "softmax"), ("local_desc", rank)))
+
+
+def test_local_descriptor_starts_as_the_network_without_it_and_trains(tmp_path: Path) -> None:
+    from zippy.postprocess import sample_network_descriptors
+    from zippy.train.init import init_from
+    from zippy.weights import save_weights
+
+    src = build_network(_softmax_config()).eval()
+    path = save_weights(tmp_path / "plain.pt", src, {"trained": True})
+    net = build_network(_local_config())
+    assert init_from(net, path) == len(src.state_dict())  # every tensor but the new branch's
+    net.eval()
+    x = torch.rand(2, 3, 72, 104)
+    kp = torch.rand(40, 2) * torch.tensor([100.0, 68.0]) + 2.0
+    with torch.no_grad():
+        a, b = src(x), net(x)
+    assert b["desc_fine"].shape == (2, 256, 18, 26) and b["desc"].shape == (2, 256, 9, 13)
+    assert torch.equal(sample_network_descriptors(a, 1, kp, 104, 72), sample_network_descriptors(b, 1, kp, 104, 72))
+    net.train()
+    sample_network_descriptors(net(x), 0, kp, 104, 72).pow(2).sum().backward()
+    assert net.local_desc[1].weight.grad.abs().sum() > 0  # the zero-started branch gets a gradient
+    with pytest.raises(ValueError, match="local_desc"):
+        build_network(_local_config(-1))
+
+
+def test_local_descriptor_folded_and_sparse_match_the_dense_maps() -> None:
+    from zippy.postprocess import sample_network_descriptors
+
+    torch.manual_seed(6)
+    net = build_network(_local_config(24)).eval()
+    for m in net.local_desc.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.weight, std=0.1)
+            torch.nn.init.normal_(m.bias, std=0.1)
+    x = torch.rand(1, 3, 96, 128)
+    kp = torch.rand(60, 2) * torch.tensor([110.0, 78.0]) + 9.0  # inside, beyond the 4 px zero-padded rim
+    with torch.no_grad():
+        dense = sample_network_descriptors(net(x), 0, kp, 128, 96)
+        folded = fold_for_inference(net)
+        sparse = folded.describe(folded.detect(x), kp, 128, 96)
+        plain = net.describe(net.detect(x), kp, 128, 96)
+    assert dense.abs().mean() > 0.1
+    assert torch.allclose(plain, dense, atol=1e-4) and torch.allclose(sparse, dense, atol=1e-4)

@@ -26,7 +26,7 @@ from zippy.config import (
 from zippy.features import Features
 from zippy.image import resize_image, to_tensor
 from zippy.models import KeypointNet, ModelConfig, available, build_network, default_config
-from zippy.postprocess import finalize_descriptors, sample_descriptors, select_keypoints
+from zippy.postprocess import finalize_descriptors, sample_network_descriptors, select_keypoints
 from zippy.weights import build_model, file_sha256, load_weights, shipped_weights
 
 log = logging.getLogger(__name__)
@@ -402,7 +402,7 @@ class Extractor:
         if sparse:
             desc = self._net.describe(out, kpts, w + pw, h + ph)
         else:
-            desc = sample_descriptors(out["desc"][0], kpts, w + pw, h + ph)
+            desc = sample_network_descriptors(out, 0, kpts, w + pw, h + ph)
         t3 = time.perf_counter()
         desc = desc.float() if self.raw_descriptors else finalize_descriptors(desc, self.binary, self.cfg.desc_ones)
         if dx or dy:  # back to the resized image's pixels

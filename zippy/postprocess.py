@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from zippy._post_kernels import select_cells
 from zippy.binarize import bits_to_packed, hard_topk
 
-__all__ = ["finalize_descriptors", "sample_descriptors", "select_keypoints"]
+__all__ = ["finalize_descriptors", "sample_descriptors", "sample_network_descriptors", "select_keypoints"]
 
 
 def select_keypoints(
@@ -74,6 +74,20 @@ def sample_descriptors(desc: torch.Tensor, keypoints: torch.Tensor, width: int, 
     grid = (2 * keypoints + 1) / size - 1  # align_corners=False convention: resolution independent
     out = F.grid_sample(desc[None], grid.view(1, 1, -1, 2), mode="bilinear", align_corners=False)
     return out[0, :, 0].t().contiguous()
+
+
+def sample_network_descriptors(
+    out: dict[str, torch.Tensor], index: int, keypoints: torch.Tensor, width: int, height: int
+) -> torch.Tensor:
+    """Raw descriptors float [N, D] of image ``index`` of a network's dense outputs at keypoints [N, 2].
+
+    The ``desc`` map sampled bilinearly, plus the samples of the finer ``desc_fine`` map when the network has
+    one (the fast topology's ``local_desc`` option).
+    """
+    d = sample_descriptors(out["desc"][index], keypoints, width, height)
+    if "desc_fine" in out:
+        d = d + sample_descriptors(out["desc_fine"][index], keypoints, width, height)
+    return d
 
 
 def finalize_descriptors(desc: torch.Tensor, binary: bool, ones: int) -> torch.Tensor:

@@ -98,5 +98,8 @@ class ZippyFastLayers(LayerFactory):
     def head(self, cin: int, cout: int, k: int = 3) -> nn.Module:
         return ConvBNAct(self.qconv(cin, cout, k), cout)
 
+    def head_out(self, cin: int, cout: int) -> nn.Module:
+        return self.qconv(cin, cout, 3, bias=True)
+
     def desc_out(self, cin: int, cout: int) -> nn.Module:
         return self.qconv(cin, cout, 1, bias=True)

@@ -17,7 +17,12 @@ resolution, this one follows the ideas of XFeat (Potje et al., CVPR 2024) and ti
     1 - p(no keypoint). Distillation then teaches this softmax the pixel of the teacher's keypoint, or
     "no keypoint", by cross-entropy (as XFeat's keypoint head is trained);
 * descriptors: a 1x1 conv of the fused features to 256 values at 1/8 resolution (sampled bilinearly at
-  the keypoints and binarized by the extractor, exactly as for the KP2D topology).
+  the keypoints and binarized by the extractor, exactly as for the KP2D topology). With the option
+  ``local_desc`` = r > 0, a finer part ``desc_fine`` at 1/4 resolution is added to the samples of the 1/8 map:
+  a linear 3x3 conv of the 1/4 encoder features to r channels, then a 1x1 conv to 256 (its weights start at
+  zero, so a network initialized from one without it describes exactly as before). A 1/8 map gives
+  keypoints a few pixels apart nearly the same descriptor; the 1/4 part can tell them apart. Both parts are
+  linear, so the engine computes them at the selected keypoints only (:meth:`FastKeypointNet.describe`).
 
 Every conv is built by the backbone's :class:`~zippy.models.layers.LayerFactory` (roles ``pool`` for
 1x1, ``head`` for 3x3 conv-BN-ReLU, ``desc_out`` for the linear outputs), so compression backbones
@@ -25,8 +30,9 @@ apply to this topology through the same mechanism.
 
 Input: float [B, 3, H, W] in [0, 1], H and W multiples of 8 (padded to 32 internally, outputs cropped).
 Outputs: as :class:`~zippy.models.net.KeypointNet`: ``score`` [B, 1, H/8, W/8], ``coords`` [B, 2, H/8, W/8]
-(x, y) in input pixels, ``desc`` [B, D, H/8, W/8]; the "softmax" head adds its logits ``kp_logits``
-[B, 65, H/8, W/8] (for the distillation loss).
+(x, y) in input pixels, ``desc`` [B, D, H/8, W/8] (with ``local_desc`` also ``desc_fine`` [B, D, H/4, W/4]: a
+keypoint's descriptor is the sum of both maps' samples, :func:`zippy.postprocess.sample_network_descriptors`);
+the "softmax" head adds its logits ``kp_logits`` [B, 65, H/8, W/8] (for the distillation loss).
 """
 
 from __future__ import annotations
@@ -74,6 +80,14 @@ class FastKeypointNet(nn.Module):
         self.fuse = f.pool(fuse, 2 * fuse)
         self.desc_head = f.desc_out(2 * fuse, cfg.desc_dim)
         self.kp_head = nn.Sequential(f.pool(64 + 2 * fuse, 64), f.pool(64, 64), f.desc_out(64, 65))
+        rank = int(cfg.option("local_desc", 0))
+        if rank < 0:
+            raise ValueError(f"local_desc must be >= 0 (0: off), got {rank}")
+        self.local_desc: nn.Module | None = None
+        if rank:
+            self.local_desc = nn.Sequential(f.head_out(c4, rank), f.desc_out(rank, cfg.desc_dim))
+            nn.init.zeros_(self.local_desc[1].weight)
+            nn.init.zeros_(self.local_desc[1].bias)
         # soft-argmax offsets of the 64 pixels of a cell, in pixel_unshuffle's channel order (dy * 8 + dx)
         d = torch.arange(8, dtype=torch.float32)
         dy, dx = torch.meshgrid(d, d, indexing="ij")
@@ -88,11 +102,13 @@ class FastKeypointNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.detect(x)
         out["desc"] = self.desc_head(out.pop("feat")).float()
+        if self.local_desc is not None:
+            out["desc_fine"] = self.local_desc(out.pop("x4")).float()
         return out
 
     def detect(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Keypoint outputs (``score``, ``coords``; "softmax" head: ``kp_logits``) and the fused 1/8 features
-        ``feat`` [B, C, H/8, W/8]."""
+        """Keypoint outputs (``score``, ``coords``; "softmax" head: ``kp_logits``), the fused 1/8 features
+        ``feat`` [B, C, H/8, W/8] and, with ``local_desc``, the 1/4 encoder features ``x4`` [B, C4, H/4, W/4]."""
         _, _, h, w = x.shape
         if h % 8 or w % 8:
             raise ValueError(f"input size must be a multiple of 8, got {w}x{h}")
@@ -114,6 +130,8 @@ class FastKeypointNet(nn.Module):
         feat = self.fuse(fused)[..., :hc, :wc]
         logits = self._kp_logits(g, feat).float()
         out: dict[str, torch.Tensor] = {"feat": feat}
+        if self.local_desc is not None:
+            out["x4"] = x4[..., : 2 * hc, : 2 * wc]
         if self.kp_head_kind == "softmax":
             score = _mask_border(1.0 - torch.softmax(logits, 1)[:, 64:65])
             out["kp_logits"] = logits
@@ -142,15 +160,35 @@ class FastKeypointNet(nn.Module):
         The descriptor head is linear, so sampling the features first and projecting N vectors gives the
         dense map's bilinear samples (up to float rounding) at a fraction of the cost.
         """
-        f = sample_descriptors(out["feat"][0], keypoints, width, height)  # [N, C]
-        conv = self.desc_head
-        w = conv.quantized_weight() if isinstance(conv, QConv2d) else conv.weight
-        d = f @ w.flatten(1).t()
-        return d + conv.bias if conv.bias is not None else d
+        d = _linear(self.desc_head, sample_descriptors(out["feat"][0], keypoints, width, height))
+        if self.local_desc is None:
+            return d
+        # the 1/4 part: the 3x3 conv's taps are the features 4 px apart around each keypoint (the same as
+        # sampling the dense desc_fine map, but within 4 px of the image border, where that map is zero-padded)
+        x4 = out["x4"][0]
+        conv3, conv1 = self.local_desc
+        k = conv3.kernel_size[0]
+        r = torch.arange(k, dtype=keypoints.dtype) - k // 2
+        dy, dx = torch.meshgrid(r, r, indexing="ij")
+        taps = torch.stack([dx.flatten(), dy.flatten()], 1) * 4.0  # [k*k, 2] in (x, y), the conv's tap order
+        pts = (keypoints[:, None, :] + taps[None]).reshape(-1, 2)
+        f = sample_descriptors(x4, pts, width, height).reshape(len(keypoints), k * k, -1)  # [N, k*k, C4]
+        local = _linear(conv3, f.transpose(1, 2).reshape(len(keypoints), -1))  # [N, r]
+        return d + _linear(conv1, local)
+
+
+def _linear(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The conv applied to flattened inputs x [N, C * k * k] (channel-major, then the k x k taps): [N, O]."""
+    w = conv.quantized_weight() if isinstance(conv, QConv2d) else conv.weight
+    y = x @ w.flatten(1).t()
+    return y + conv.bias if conv.bias is not None else y
 
 
 def fast_macs(model: nn.Module, height: int = 480, width: int = 640) -> dict[str, int]:
-    """Multiply-accumulates per conv of ``model`` for one ``height`` x ``width`` image (hooks on nn.Conv2d)."""
+    """Multiply-accumulates per conv of ``model`` for one ``height`` x ``width`` image (hooks on nn.Conv2d).
+
+    Counts the dense forward pass; the ``local_desc`` convs run at the keypoints only in the engine (1000
+    keypoints: 1000 * (9 * C4 * r + r * 256)), so their dense count here overstates what an image costs."""
     macs: dict[str, int] = {}
     hooks = []
     for name, m in model.named_modules():

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from zippy.binarize import BinNormTrain
-from zippy.postprocess import sample_descriptors
+from zippy.postprocess import sample_network_descriptors
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class NetworkTeacher(Teacher):
             kp = out["coords"][i].flatten(1).t()
             keep = (s > 0) & _inside(kp, w, h, self.cfg.border_px)
             kp, s = kp[keep], s[keep]
-            d = F.normalize(sample_descriptors(out["desc"][i].float(), kp, w, h), dim=-1)
+            d = F.normalize(sample_network_descriptors(out, i, kp, w, h), dim=-1)
             res.append(TeacherPoints(kp, s, d).top(self.cfg.max_points))
         return res
 
@@ -454,7 +454,7 @@ def distill_loss(
                 c = out["coords"][b].flatten(1)[:, cells].t()
                 coord_l.append((c - kp).abs().sum(1).mean() / cell)
             if pts.keypoints.shape[0]:
-                sampled.append(sample_descriptors(out["desc"][b], pts.keypoints, wimg, himg))
+                sampled.append(sample_network_descriptors(out, b, pts.keypoints, wimg, himg))
                 teach.append(pts.descriptors)
         if not sampled or sum(t.shape[0] for t in teach) < 2:
             continue

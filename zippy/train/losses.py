@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from zippy.binarize import BinNormTrain
-from zippy.postprocess import sample_descriptors
+from zippy.postprocess import sample_network_descriptors
 
 __all__ = ["LossConfig", "pair_loss", "warp_points_torch"]
 
@@ -167,10 +167,10 @@ def _descriptor_loss(out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones
         sel = ok0[i]
         if int(sel.sum()) == 0 or int(ok1[i].sum()) == 0:
             continue
-        a = sample_descriptors(out0["desc"][i], p0[i][sel].detach(), wimg, himg)
-        pos = sample_descriptors(out1["desc"][i], p0w[i][sel].detach(), wimg, himg)
+        a = sample_network_descriptors(out0, i, p0[i][sel].detach(), wimg, himg)
+        pos = sample_network_descriptors(out1, i, p0w[i][sel].detach(), wimg, himg)
         cand = p1[i][ok1[i]].detach()
-        neg = sample_descriptors(out1["desc"][i], cand, wimg, himg)
+        neg = sample_network_descriptors(out1, i, cand, wimg, himg)
         if binary:
             ya, yp, yn = norm(a), norm(pos), norm(neg)
             d_pos = 1 - (ya * yp).sum(-1) / ones
