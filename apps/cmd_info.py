@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     for k in ("binary", "8bit", "float"):
         print(f"  {k:>6}: {counts[k] / 1e6:.3f} M ({100 * counts[k] / counts['total']:.1f} %)")
     kind = f"binary {cfg.desc_dim} bits, {cfg.desc_ones} ones" if model.binary_descriptors else f"float {cfg.desc_dim}"
-    print(f"  descriptors: {kind}")
+    local = cfg.option("local_desc", 0) if cfg.topology == "fast" else 0
+    fine = f", with a 1/4-resolution part of rank {local}" if local else ""
+    print(f"  descriptors: {kind}{fine}")
     head = getattr(model, "kp_head_kind", None)
     score = f", scored by a {head} head" if head else ""
     print(f"  topology: {cfg.topology}, keypoints: one per {cfg.cell}x{cfg.cell} cell{score}")
