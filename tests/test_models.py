@@ -121,7 +121,7 @@ def test_info_names_the_model_and_its_backbone(capsys) -> None:
     assert main(["info", "zippyfast"]) == 0
     out = capsys.readouterr().out
     assert "topology: fast, keypoints: one per 8x8 cell, scored by a softmax head" in out
-    assert "descriptors: binary 256 bits, 64 ones\n" in out
+    assert "descriptors: binary 256 bits, 64 ones" in out
 
 
 def test_info_names_the_local_descriptor_part(tmp_path, capsys) -> None:

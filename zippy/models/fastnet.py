@@ -161,7 +161,7 @@ class FastKeypointNet(nn.Module):
         dense map's bilinear samples (up to float rounding) at a fraction of the cost.
         """
         d = _linear(self.desc_head, sample_descriptors(out["feat"][0], keypoints, width, height))
-        if self.local_desc is None:
+        if self.local_desc is None or len(keypoints) == 0:
             return d
         # the 1/4 part: the 3x3 conv's taps are the features 4 px apart around each keypoint (the same as
         # sampling the dense desc_fine map, but within 4 px of the image border, where that map is zero-padded)
