@@ -310,7 +310,10 @@ def test_describe_bad_keypoints(zp: Extractor, rng_image: np.ndarray, keypoints,
         zp.describe(rng_image, keypoints, scores)
 
 
-def test_describe_needs_one_pass(calibrated_zippypoint, rng_image: np.ndarray) -> None:
+def test_describe_needs_one_pass_and_a_size_within_the_limit(calibrated_zippypoint, rng_image: np.ndarray) -> None:
     ex = Extractor(calibrated_zippypoint, engine="fp32", scales=(1.41, 1.0))
     with pytest.raises(ValueError, match="one pass at scale 1"):
         ex.describe(rng_image, [[10.0, 10.0]])
+    small = Extractor(calibrated_zippypoint, engine="fp32", max_pixels=1000)
+    with pytest.raises(ValueError, match="too large"):
+        small.describe(rng_image, [[10.0, 10.0]])

@@ -280,13 +280,7 @@ class Extractor:
         max_keypoints = _check_max_keypoints(max_keypoints)
         threshold = _check_threshold(threshold)
         _, _, h, w = x.shape
-        pixels = round(h * w * max(self.scales) ** 2)
-        if self.max_pixels is not None and pixels > self.max_pixels:
-            raise ValueError(
-                f"image of {w}x{h} px is too large: {pixels} px per pass (x the largest scale squared) exceeds "
-                f"max_pixels={self.max_pixels}; resize it (zippy.image.resize_image) or raise the limit "
-                "with zippy.load(..., max_pixels=N) (command line: --max-pixels N)"
-            )
+        self._check_size(w, h)
         feats = []
         # One image per network call: oneDNN picks other kernels for other batch sizes, and float rounding
         # differences can flip fake-quantized values; per-image calls make a batch give exactly the
@@ -314,6 +308,16 @@ class Extractor:
             feats.append(Features(kpts.numpy(), scores.numpy(), desc.numpy(), (w, h), meta))
         return feats
 
+    def _check_size(self, w: int, h: int) -> None:
+        """ValueError when a pass over a w x h image (times the largest scale squared) exceeds max_pixels."""
+        pixels = round(h * w * max(self.scales) ** 2)
+        if self.max_pixels is not None and pixels > self.max_pixels:
+            raise ValueError(
+                f"image of {w}x{h} px is too large: {pixels} px per pass (x the largest scale squared) exceeds "
+                f"max_pixels={self.max_pixels}; resize it (zippy.image.resize_image) or raise the limit "
+                "with zippy.load(..., max_pixels=N) (command line: --max-pixels N)"
+            )
+
     @torch.inference_mode()
     def describe(self, image: Any, keypoints: Any, scores: Any = None) -> Features:
         """Descriptors of this model at given keypoints, e.g. another detector's (as OpenCV's ``compute``).
@@ -340,6 +344,7 @@ class Extractor:
         if x.shape[0] != 1:
             raise ValueError(f"describe takes one image, got a batch of {x.shape[0]}")
         _, _, h, w = x.shape
+        self._check_size(w, h)
         kpts = torch.from_numpy(np.ascontiguousarray(keypoints, np.float32))
         if kpts.ndim != 2 or kpts.shape[1] != 2:
             raise ValueError(f"keypoints must be float [N, 2] (x, y), got shape {tuple(kpts.shape)}")
