@@ -202,8 +202,7 @@ class OpenCVMethod(Method):
         dim = {"sift": 128, "akaze": 61, "brisk": 64}.get(self.name, 32)
         if not kps or desc is None:
             return Features.empty((w, h), dim=dim, binary=self.binary)
-        pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
-        resp = np.array([k.response for k in kps], np.float32)
+        pts, resp = _keypoint_arrays(kps)
         desc = np.asarray(desc, np.uint8 if self.binary else np.float32)
         return Features(pts, resp, desc, (w, h), {"method": self.name})
 
@@ -216,6 +215,12 @@ class OpenCVMethod(Method):
             "weights_sha256": None,
             "params": self._params(),
         }
+
+
+def _keypoint_arrays(kps: Any) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV keypoints -> positions float32 [N, 2] (x, y) and responses float32 [N]."""
+    pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
+    return pts, np.array([k.response for k in kps], np.float32)
 
 
 # ----------------------------------------------------------------------------------------------- ALIKED
@@ -349,9 +354,7 @@ class DetectorPlusZippy(Method):
     def _detect(self, gray: np.ndarray, max_keypoints: int) -> tuple[np.ndarray, np.ndarray]:
         cv2 = self._cv2
         if self.detector == "orb":
-            kps = cv2.ORB_create(nfeatures=max_keypoints).detect(gray, None)
-            pts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
-            return pts, np.array([k.response for k in kps], np.float32)
+            return _keypoint_arrays(cv2.ORB_create(nfeatures=max_keypoints).detect(gray, None))
         corners = cv2.goodFeaturesToTrack(gray, max_keypoints, 0.001, 4, blockSize=3)
         pts = np.zeros((0, 2), np.float32) if corners is None else corners.reshape(-1, 2).astype(np.float32)
         eig = cv2.cornerMinEigenVal(gray, 3, 3)

@@ -88,6 +88,10 @@ class FastKeypointNet(nn.Module):
             self.local_desc = nn.Sequential(f.head_out(c4, rank), f.desc_out(rank, cfg.desc_dim))
             nn.init.zeros_(self.local_desc[1].weight)
             nn.init.zeros_(self.local_desc[1].bias)
+            # the 3x3 conv's taps as (x, y) px offsets at 1/4 resolution, in the conv's order (dy * 3 + dx)
+            r = torch.arange(3, dtype=torch.float32) - 1
+            ty, tx = torch.meshgrid(r, r, indexing="ij")
+            self.register_buffer("taps", 4.0 * torch.stack([tx.flatten(), ty.flatten()], 1), persistent=False)
         # soft-argmax offsets of the 64 pixels of a cell, in pixel_unshuffle's channel order (dy * 8 + dx)
         d = torch.arange(8, dtype=torch.float32)
         dy, dx = torch.meshgrid(d, d, indexing="ij")
@@ -165,23 +169,23 @@ class FastKeypointNet(nn.Module):
             return d
         # the 1/4 part: the 3x3 conv's taps are the features 4 px apart around each keypoint (the same as
         # sampling the dense desc_fine map, but within 4 px of the image border, where that map is zero-padded)
-        x4 = out["x4"][0]
         conv3, conv1 = self.local_desc
-        k = conv3.kernel_size[0]
-        r = torch.arange(k, dtype=keypoints.dtype) - k // 2
-        dy, dx = torch.meshgrid(r, r, indexing="ij")
-        taps = torch.stack([dx.flatten(), dy.flatten()], 1) * 4.0  # [k*k, 2] in (x, y), the conv's tap order
-        pts = (keypoints[:, None, :] + taps[None]).reshape(-1, 2)
-        f = sample_descriptors(x4, pts, width, height).reshape(len(keypoints), k * k, -1)  # [N, k*k, C4]
-        local = _linear(conv3, f.transpose(1, 2).reshape(len(keypoints), -1))  # [N, r]
+        n, taps = len(keypoints), len(self.taps)
+        pts = (keypoints[:, None, :] + self.taps[None]).reshape(-1, 2)
+        f = sample_descriptors(out["x4"][0], pts, width, height).reshape(n, taps, -1)  # [N, 9, C4]
+        local = _linear(conv3, f.transpose(1, 2).reshape(n, -1))  # [N, r]
         return d + _linear(conv1, local)
 
 
 def _linear(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """The conv applied to flattened inputs x [N, C * k * k] (channel-major, then the k x k taps): [N, O]."""
-    w = conv.quantized_weight() if isinstance(conv, QConv2d) else conv.weight
-    y = x @ w.flatten(1).t()
+    y = x @ _weight(conv).flatten(1).t()
     return y + conv.bias if conv.bias is not None else y
+
+
+def _weight(conv: nn.Conv2d) -> torch.Tensor:
+    """The weight a conv computes with: the fake-quantized one of an 8-bit conv, else the plain one."""
+    return conv.quantized_weight() if isinstance(conv, QConv2d) else conv.weight
 
 
 def fast_macs(model: nn.Module, height: int = 480, width: int = 640) -> dict[str, int]:
@@ -270,7 +274,7 @@ def _space_to_depth_conv(weight: torch.Tensor, bias: torch.Tensor | None, factor
 
 
 def _plain_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> nn.Conv2d:
-    w = (conv.quantized_weight() if isinstance(conv, QConv2d) else conv.weight).detach().clone()
+    w = _weight(conv).detach().clone()
     b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
     if bn is not None:
         g = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
