@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"  descriptors: {kind}{fine}")
     head = getattr(model, "kp_head_kind", None)
     score = f", scored by a {head} head" if head else ""
+    margin = getattr(model, "kp_margin", 0)
+    score += f" that sees {cfg.cell + 2 * margin}x{cfg.cell + 2 * margin} px windows" if margin else ""
     print(f"  topology: {cfg.topology}, keypoints: one per {cfg.cell}x{cfg.cell} cell{score}")
     rows = layer_table(model)
     by_prec: dict[str, int] = {}

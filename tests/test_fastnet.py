@@ -217,3 +217,59 @@ def test_local_descriptor_folded_and_sparse_match_the_dense_maps() -> None:
         plain = net.describe(net.detect(x), kp, 128, 96)
     assert dense.abs().mean() > 0.1
     assert torch.allclose(plain, dense, atol=1e-4) and torch.allclose(sparse, dense, atol=1e-4)
+
+
+def test_tap_patches_are_bilinear_samples_with_zeros_outside_up_to_the_border() -> None:
+    from zippy.models.fastnet import _tap_patches
+
+    torch.manual_seed(8)
+    fmap = torch.randn(5, 24, 32)  # the 1/4 map of a 128x96 image
+    kp = torch.cat([torch.rand(50, 2) * torch.tensor([127.0, 95.0]), torch.tensor([[0.0, 0.0], [127.0, 95.0]])])
+    r = torch.arange(3, dtype=torch.float32) - 1
+    ty, tx = torch.meshgrid(r, r, indexing="ij")
+    offsets = 4.0 * torch.stack([tx.flatten(), ty.flatten()], 1)  # the taps in image px, (dy, dx) order
+    ref = sample_descriptors(fmap, (kp[:, None] + offsets).reshape(-1, 2), 128, 96).view(-1, 3, 3, 5)
+    assert torch.allclose(_tap_patches(fmap, kp, 128, 96), ref, atol=1e-5)
+
+
+def _margin_config(margin: int = 4) -> ModelConfig:
+    import dataclasses
+
+    opts = (("kp_head", "softmax"), ("kp_margin", margin), ("local_desc", 16))
+    return dataclasses.replace(default_config("zippyfast"), options=opts)
+
+
+def test_keypoint_window_starts_as_the_network_without_it_and_folds_exactly(tmp_path: Path) -> None:
+    from zippy.train.init import init_from
+    from zippy.weights import save_weights
+
+    torch.manual_seed(7)
+    src = build_network(_local_config()).eval()
+    path = save_weights(tmp_path / "plain.pt", src, {"trained": True})
+    net = build_network(_margin_config())
+    assert init_from(net, path) == len(src.state_dict())  # every tensor but the window's
+    net.eval()
+    x = torch.rand(2, 3, 72, 104)
+    with torch.no_grad():
+        a, b = src(x), net(x)
+    for key in ("score", "coords", "kp_logits"):
+        assert torch.equal(a[key], b[key]), key
+    net.train()
+    net(x)["kp_logits"].pow(2).mean().backward()
+    assert net.kp_window.weight.grad.abs().sum() > 0  # the zero-started window gets a gradient
+    # trained-like window and BatchNorm: the folded network's one window conv gives the same logits
+    net.eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(net.kp_window.weight, std=0.05)
+        torch.nn.init.normal_(net.kp_window.bias, std=0.1)
+        bn = net.kp_head[0][1]
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        dense = net(x)
+        folded = fold_for_inference(net).detect(x)
+    assert (dense["kp_logits"] - a["kp_logits"]).abs().max() > 0.1  # the window changed the logits
+    assert torch.allclose(folded["kp_logits"], dense["kp_logits"], atol=1e-4)
+    assert torch.allclose(folded["coords"], dense["coords"], atol=1e-3)
+    for bad in (-1, 9, 2.5, True):
+        with pytest.raises(ValueError, match="kp_margin"):
+            build_network(_margin_config(bad))

@@ -124,14 +124,17 @@ def test_info_names_the_model_and_its_backbone(capsys) -> None:
     assert "descriptors: binary 256 bits, 64 ones" in out
 
 
-def test_info_names_the_local_descriptor_part(tmp_path, capsys) -> None:
+def test_info_names_the_local_descriptor_part_and_the_keypoint_window(tmp_path, capsys) -> None:
     import dataclasses
 
     from zippy.models import build_network, default_config
     from zippy.weights import save_weights
     from zippy_apps.cli import main
 
-    cfg = dataclasses.replace(default_config("zippyfast"), options=(("local_desc", 32),))
+    opts = (("kp_head", "softmax"), ("kp_margin", 4), ("local_desc", 32))
+    cfg = dataclasses.replace(default_config("zippyfast"), options=opts)
     path = save_weights(tmp_path / "loc.pt", build_network(cfg), {"trained": True})
     assert main(["info", "zippyfast", "--weights", str(path), "--no-engine"]) == 0
-    assert "descriptors: binary 256 bits, 64 ones, with a 1/4-resolution part of rank 32" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "descriptors: binary 256 bits, 64 ones, with a 1/4-resolution part of rank 32" in out
+    assert "one per 8x8 cell, scored by a softmax head that sees 16x16 px windows" in out

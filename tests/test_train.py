@@ -97,6 +97,39 @@ def test_pair_loss_is_finite_and_zero_location_error_for_identity(backbone: str)
     loss.backward()
 
 
+def test_split_views_gives_the_loss_and_gradients_of_batched_outputs(image_folder: Path) -> None:
+    from dataclasses import replace as dc_replace
+
+    from zippy.models import build_network, default_config
+    from zippy.train.losses import split_views
+
+    opts = (("kp_head", "softmax"), ("local_desc", 8))
+    torch.manual_seed(3)
+    model = build_network(dc_replace(default_config("zippyfast"), options=opts)).train()
+    torch.nn.init.normal_(model.local_desc[1].weight, std=0.1)  # the zero-started part takes part
+    ds = HomographyPairs(list_images(image_folder), AugmentConfig(height=64, width=96), seed=5)
+    items = [ds[i] for i in range(3)]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    x = torch.cat([batch["image0"], batch["image1"]])
+    cfg = LossConfig(desc_symmetric=True)
+    grads, losses = [], []
+
+    def batched(o: dict) -> tuple[dict, dict]:
+        return {k: v[:3] for k, v in o.items()}, {k: v[3:] for k, v in o.items()}
+
+    for split in (batched, lambda o: split_views(o, 3)):
+        model.zero_grad()
+        o0, o1 = split(model(x))
+        loss, _ = pair_loss(o0, o1, batch["H"], batch["valid1"], binary=True, ones=64, temperature=0.5, cfg=cfg)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    o0, _ = split_views(model(x), 3)
+    assert isinstance(o0["desc_fine"], tuple) and len(o0["desc_fine"]) == 3 and o0["score"].shape[0] == 3
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5)
+    assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
 def _run(image_folder: Path, out: Path, steps: int, resume: bool = False) -> Path:
     tc = TrainConfig(
         images=str(image_folder), out_dir=str(out), backbone="zippypoint", steps=steps, batch_size=3, lr=1e-3,

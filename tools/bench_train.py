@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from zippy.models import KeypointNet, ModelConfig
 from zippy.train.data import AugmentConfig, HomographyPairs, list_images
-from zippy.train.losses import LossConfig, pair_loss
+from zippy.train.losses import LossConfig, pair_loss, split_views
 from zippy_eval.results import markdown_table, write_summary, write_text
 
 
@@ -34,8 +34,7 @@ def _step(model: KeypointNet, opt: torch.optim.Optimizer, batch: dict[str, torch
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = model(x)
     b = batch["image0"].shape[0]
-    o0 = {k: v[:b].float() for k, v in out.items()}
-    o1 = {k: v[b:].float() for k, v in out.items()}
+    o0, o1 = split_views(out, b)
     loss, _ = pair_loss(
         o0, o1, batch["H"], batch["valid1"], binary=model.binary_descriptors, ones=model.cfg.desc_ones,
         temperature=model.cfg.temperature, cfg=LossConfig(),

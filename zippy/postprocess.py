@@ -6,6 +6,9 @@ little next to the network; the cell NMS and selection run in one numba pass (:m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -77,12 +80,13 @@ def sample_descriptors(desc: torch.Tensor, keypoints: torch.Tensor, width: int, 
 
 
 def sample_network_descriptors(
-    out: dict[str, torch.Tensor], index: int, keypoints: torch.Tensor, width: int, height: int
+    out: Mapping[str, Any], index: int, keypoints: torch.Tensor, width: int, height: int
 ) -> torch.Tensor:
     """Raw descriptors float [N, D] of image ``index`` of a network's dense outputs at keypoints [N, 2].
 
     The ``desc`` map sampled bilinearly, plus the samples of the finer ``desc_fine`` map when the network has
-    one (the fast topology's ``local_desc`` option).
+    one (the fast topology's ``local_desc`` option). Each map is a batched tensor [B, D, h, w] or a sequence
+    of per-image maps [D, h, w] (as :func:`zippy.train.losses.split_views` gives them).
     """
     d = sample_descriptors(out["desc"][index], keypoints, width, height)
     if "desc_fine" in out:

@@ -20,6 +20,7 @@ For every source cell keypoint p0 warped into the target (p0w = H p0) and visibl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,27 @@ import torch.nn.functional as F
 from zippy.binarize import BinNormTrain
 from zippy.postprocess import sample_network_descriptors
 
-__all__ = ["LossConfig", "pair_loss", "warp_points_torch"]
+__all__ = ["LossConfig", "pair_loss", "split_views", "warp_points_torch"]
+
+DESCRIPTOR_MAPS = ("desc", "desc_fine")
+
+
+def split_views(outs: dict[str, torch.Tensor], b: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The float32 outputs of the source views (the first ``b`` images of a [2B] batch) and of the target views.
+
+    The descriptor maps become tuples of per-image maps [D, h, w] (one ``unbind``): the losses sample them once
+    per pair and view, and indexing a batched map per pair would allocate the whole batch's gradient on each
+    backward (about a third of a fast-topology step); the other outputs stay batched tensors.
+    """
+    halves: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    for k, v in outs.items():
+        v = v.float()
+        if k in DESCRIPTOR_MAPS:
+            images = v.unbind(0)
+            halves[0][k], halves[1][k] = images[:b], images[b:]
+        else:
+            halves[0][k], halves[1][k] = v[:b], v[b:]
+    return halves
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from zippy.train.bn import recalibrate_batchnorm
 from zippy.train.data import DEV_PREFIX, TRAIN_GLOBS, AugmentConfig, HomographyPairs, augment_config, list_images
 from zippy.train.distill import DistillConfig, Distiller, make_teacher
 from zippy.train.init import init_from
-from zippy.train.losses import LossConfig, pair_loss
+from zippy.train.losses import LossConfig, pair_loss, split_views
 from zippy.train.validate import VALIDATION_PHOTOMETRY, ValidationSet, validate
 from zippy.weights import atomic_torch_save, save_weights
 
@@ -360,8 +360,7 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.bf16):
                     outs = net(x)
                 b = batch["image0"].shape[0]
-                out0 = {k: v[:b].float() for k, v in outs.items()}
-                out1 = {k: v[b:].float() for k, v in outs.items()}
+                out0, out1 = split_views(outs, b)
                 loss, parts = pair_loss(
                     out0,
                     out1,
