@@ -207,11 +207,14 @@ def _tap_patches(fmap: torch.Tensor, keypoints: torch.Tensor, width: int, height
     v = (keypoints[:, 1] + 0.5) * (h / height) - 0.5
     u0, v0 = u.floor(), v.floor()
     fu, fv = (u - u0).view(-1, 1, 1, 1), (v - v0).view(-1, 1, 1, 1)
-    flat = F.pad(fmap, (2, 2, 2, 2)).permute(1, 2, 0).reshape(-1, c)  # [(h + 4) * (w + 4), C], 2 px of zeros
-    r = torch.arange(4, device=fmap.device)
-    rows = (v0.long() + 1).clamp(0, h)[:, None] + r  # padded rows v0 - 1 .. v0 + 2
-    cols = (u0.long() + 1).clamp(0, w)[:, None] + r
-    p = flat[(rows[:, :, None] * (w + 4) + cols[:, None, :]).flatten()].view(-1, 4, 4, c)
+    r = torch.arange(-1, 3, device=fmap.device)
+    rows, cols = v0.long()[:, None] + r, u0.long()[:, None] + r  # [N, 4]: rows v0 - 1 .. v0 + 2
+    inside = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
+    index = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]
+    flat = fmap.permute(1, 2, 0).reshape(-1, c)  # [h * w, C]; a view of a channels-last map
+    p = flat[index.flatten()].view(-1, 4, 4, c)
+    if not (inside[0].all() and inside[1].all()):  # zeros outside the map (keypoints near the border)
+        p = p * (inside[0][:, :, None] & inside[1][:, None, :])[..., None]
     top = p[:, :3, :3] + fu * (p[:, :3, 1:] - p[:, :3, :3])
     bottom = p[:, 1:, :3] + fu * (p[:, 1:, 1:] - p[:, 1:, :3])
     return top + fv * (bottom - top)
@@ -314,6 +317,11 @@ def fold_for_inference(model: FastKeypointNet) -> FastKeypointNet:
 
 class _FoldedFastNet(FastKeypointNet):
     """The inference copy made by :func:`fold_for_inference` (same weights, rearranged; not for training)."""
+
+    def _grey(self, x: torch.Tensor) -> torch.Tensor:
+        # a product over the channels of the image (laid out channels-last by zippy.image.to_tensor), not a conv
+        g = (x.permute(0, 2, 3, 1) @ self.grey.view(3, 1).to(x.dtype)).permute(0, 3, 1, 2)
+        return (g - g.mean((2, 3), keepdim=True)) / (g.std((2, 3), keepdim=True) + 0.02)
 
     def _down(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return stage(x)  # the first conv is the 2x2 stride-2 form of space-to-depth + 1x1
