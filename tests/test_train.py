@@ -130,6 +130,24 @@ def test_split_views_gives_the_loss_and_gradients_of_batched_outputs(image_folde
     assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
+def test_score_consistency_weight_scales_the_squared_score_difference_of_matched_points() -> None:
+    torch.manual_seed(4)
+    model = KeypointNet(ModelConfig(backbone="kp2d")).eval()
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        o0 = model(x)
+    o1 = dict(o0, score=o0["score"] * 0.5)  # the same keypoints (all matched), half the scores
+    parts = {}
+    for w in (0.0, 1.0, 3.0):
+        cfg = LossConfig(score_consistency_weight=w)
+        _, p = pair_loss(o0, o1, torch.eye(3)[None], torch.ones(1, 1, 64, 96), binary=True, ones=64,
+                         temperature=0.5, cfg=cfg)  # fmt: skip
+        parts[w] = p["score"]
+    consistency = parts[1.0] - parts[0.0]
+    assert consistency > 0
+    assert parts[3.0] == pytest.approx(parts[0.0] + 3 * consistency, rel=1e-4, abs=1e-7)
+
+
 def _run(image_folder: Path, out: Path, steps: int, resume: bool = False) -> Path:
     tc = TrainConfig(
         images=str(image_folder), out_dir=str(out), backbone="zippypoint", steps=steps, batch_size=3, lr=1e-3,

@@ -70,6 +70,9 @@ class LossConfig:
     # positive minus hardest negative distance (detached), so the top-k favours points whose descriptor
     # stands out, not only points that are found again; 0 = off
     score_desc_weight: float = 0.0
+    # weight of the score consistency (s0 - s1)^2 over matched keypoints, inside the score part; a larger one asks
+    # for cell scores that stay put when the view moves, so the top-k keeps the same points
+    score_consistency_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.desc_loss not in ("nce", "triplet"):
@@ -142,7 +145,7 @@ def pair_loss(
         pair_s = 0.5 * (s0[matched] + s1nn[matched])
         usp = (pair_s * (d - d.mean())).mean()
         consistency = (s0[matched] - s1nn[matched]).pow(2).mean()
-        score = usp + consistency
+        score = usp + cfg.score_consistency_weight * consistency
     else:
         score = zero
 
