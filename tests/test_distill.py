@@ -67,30 +67,6 @@ def test_softmax_keypoint_head_parts_by_hand() -> None:
     assert parts["distill_coord"] == 0.0  # the cross-entropy places the keypoint
 
 
-def test_soft_pixel_targets_split_a_border_keypoint_between_its_cells() -> None:
-    from zippy.train.distill import _soft_pixel_targets
-
-    d = torch.zeros(3, 4)
-    # (7.5, 12) sits on the border of cells (x 0, y 1) and (x 1, y 1); (20, 28) mid-pixel in cell (x 2, y 3);
-    # (21, 27) in the same cell, so that cell holds more than one keypoint's mass
-    pts = TeacherPoints(torch.tensor([[7.5, 12.0], [20.0, 28.0], [21.0, 27.0]]), torch.ones(3), d)
-    t = _soft_pixel_targets(pts, 4, 4, 8, sigma=1.0)
-    assert t.shape == (16, 65) and torch.allclose(t.sum(1), torch.ones(16))
-    left, right = t[1 * 4 + 0], t[1 * 4 + 1]
-    assert left[:64].sum() == pytest.approx(0.5, abs=0.02) and right[:64].sum() == pytest.approx(0.5, abs=0.02)
-    assert left[64] == pytest.approx(1 - float(left[:64].sum()), abs=1e-6)  # the rest: "no keypoint"
-    assert left[8 * 4 + 7] > left[8 * 4 + 6] > left[8 * 4 + 5]  # row 4 of the cell, towards the border
-    both = t[3 * 4 + 2]
-    assert both[64] == 0.0 and both[:64].sum() == pytest.approx(1.0)  # two keypoints: renormalized
-    assert torch.equal(t[0, :64], torch.zeros(64)) and t[0, 64] == 1.0  # an empty cell
-    out = _outputs()
-    out["kp_logits"] = torch.zeros(1, 65, 4, 4, requires_grad=True)
-    loss, _ = distill_loss(out, out, [(pts, pts)], binary=False, ones=64, temperature=0.5,
-                           cfg=DistillConfig(desc_weight=0.0, pixel_sigma=1.0))  # fmt: skip
-    loss.backward()
-    assert out["kp_logits"].grad.abs().sum() > 0
-
-
 def test_descriptor_part_is_zero_for_a_float_copy_of_the_teacher() -> None:
     torch.manual_seed(0)
     net = KeypointNet(ModelConfig(backbone="kp2d", **SMALL)).eval()

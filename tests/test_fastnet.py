@@ -273,27 +273,3 @@ def test_keypoint_window_starts_as_the_network_without_it_and_folds_exactly(tmp_
     for bad in (-1, 9, 2.5, True):
         with pytest.raises(ValueError, match="kp_margin"):
             build_network(_margin_config(bad))
-
-
-def test_window_score_counts_a_keypoints_probability_across_cell_borders() -> None:
-    import dataclasses
-
-    from zippy.models.fastnet import _window_mass
-
-    # one keypoint's probability split between pixel (7, 4) of cell 0 and pixel (8, 4) of cell 1 (both 0.4)
-    prob = torch.zeros(1, 64, 1, 2)
-    prob[0, 4 * 8 + 7, 0, 0] = 0.4
-    prob[0, 4 * 8 + 0, 0, 1] = 0.4
-    coords = torch.tensor([[[[7.0, 8.0]], [[4.0, 4.0]]]])  # [1, 2, 1, 2]: each cell's keypoint at its pixel
-    assert torch.allclose(_window_mass(prob, coords), torch.full((1, 1, 1, 2), 0.8))
-    coords[0, 0, 0, 1] = 11.0  # 3 px away: out of cell 1's 5x5 window
-    assert torch.allclose(_window_mass(prob, coords)[0, 0, 0], torch.tensor([0.8, 0.0]))
-    opts = (("kp_head", "softmax"), ("kp_score", "window"))
-    net = build_network(dataclasses.replace(default_config("zippyfast"), options=opts)).eval()
-    x = torch.rand(1, 3, 64, 96)
-    with torch.no_grad():
-        dense, folded = net(x), fold_for_inference(net).detect(x)
-    assert torch.allclose(folded["score"], dense["score"], atol=1e-5) and dense["score"].max() > 0
-    for bad in ((("kp_head", "softmax"), ("kp_score", "peak")), (("kp_score", "window"),)):
-        with pytest.raises(ValueError, match="kp_score"):
-            build_network(dataclasses.replace(default_config("zippyfast"), options=bad))

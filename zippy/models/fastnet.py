@@ -20,9 +20,7 @@ resolution, this one follows the ideas of XFeat (Potje et al., CVPR 2024) and ti
   With the option ``kp_margin`` = m > 0 the head's first layer also sees the grey pixels of a window m px
   wider than the cell on each side (a linear map of the (8 + 2m)^2 pixels, starting at zero so a network
   initialized from one without it detects exactly as before): a corner at a cell's edge is judged with its
-  neighbourhood in view, as it is when a shift of the image puts it mid-cell. With ``kp_score`` "window"
-  (softmax head) a cell's score is the keypoint probability of all pixels within 2 px of its keypoint, from
-  whichever cells they belong to, instead of the cell's 1 - p(no keypoint);
+  neighbourhood in view, as it is when a shift of the image puts it mid-cell;
 * descriptors: a 1x1 conv of the fused features to 256 values at 1/8 resolution (sampled bilinearly at
   the keypoints and binarized by the extractor, exactly as for the KP2D topology). With the option
   ``local_desc`` = r > 0, a finer part ``desc_fine`` at 1/4 resolution is added to the samples of the 1/8 map:
@@ -57,7 +55,6 @@ from zippy.quant.layers import QConv2d
 __all__ = ["KP_HEADS", "FastKeypointNet", "fast_macs", "fold_for_inference"]
 
 KP_HEADS = ("sigmoid", "softmax")
-KP_SCORES = ("cell", "window")
 
 _GREY = (0.299, 0.587, 0.114)
 
@@ -73,10 +70,6 @@ class FastKeypointNet(nn.Module):
         self.kp_head_kind = cfg.option("kp_head", "sigmoid")
         if self.kp_head_kind not in KP_HEADS:
             raise ValueError(f"unknown kp_head option {self.kp_head_kind!r}; choose one of {list(KP_HEADS)}")
-        self.kp_score = cfg.option("kp_score", "cell")
-        if self.kp_score not in KP_SCORES or (self.kp_score == "window" and self.kp_head_kind != "softmax"):
-            want = f"one of {list(KP_SCORES)} ('window' with the softmax head)"
-            raise ValueError(f"kp_score must be {want}, got {self.kp_score!r} with a {self.kp_head_kind} head")
         f = get_factory(cfg.backbone)(cfg)
         self.binary_descriptors = f.binary_descriptors
         c4, c8, c16 = cfg.widths
@@ -168,10 +161,7 @@ class FastKeypointNet(nn.Module):
         ys = torch.arange(hc, device=x.device, dtype=offset.dtype) * 8
         xs = torch.arange(wc, device=x.device, dtype=offset.dtype) * 8
         base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), 0)[None]
-        coords = base + offset
-        if self.kp_score == "window":
-            score = _mask_border(_window_mass(torch.softmax(logits, 1)[:, :64], coords))
-        out["score"], out["coords"] = score, coords
+        out["score"], out["coords"] = score, base + offset
         return out
 
     def _down(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -235,19 +225,6 @@ def _linear_taps(conv: nn.Conv2d, taps: torch.Tensor) -> torch.Tensor:
     w = _weight(conv).permute(0, 2, 3, 1).flatten(1)  # [O, (dy, dx, C)], the taps' order
     y = taps.flatten(1) @ w.t()
     return y + conv.bias if conv.bias is not None else y
-
-
-def _window_mass(pixel_prob: torch.Tensor, coords: torch.Tensor, radius: int = 2) -> torch.Tensor:
-    """The keypoint probability within +-``radius`` px of each cell's keypoint, whichever cells the pixels belong to:
-    [B, 1, hc, wc] from the 65-way softmax's pixel part ``pixel_prob`` [B, 64, hc, wc] and ``coords`` [B, 2, hc, wc].
-    A keypoint on a cell border has its probability split between two cells; the sum over the window counts it
-    whole, wherever the border falls."""
-    b, _, hc, wc = pixel_prob.shape
-    k = 2 * radius + 1
-    mass = F.avg_pool2d(F.pixel_shuffle(pixel_prob, 8), k, stride=1, padding=radius) * (k * k)  # [B, 1, 8hc, 8wc]
-    xi = coords[:, 0].round().long().clamp(0, 8 * wc - 1)
-    yi = coords[:, 1].round().long().clamp(0, 8 * hc - 1)
-    return mass.flatten(1).gather(1, (yi * 8 * wc + xi).flatten(1)).view(b, 1, hc, wc)
 
 
 def _linear(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,7 @@ Loss per pair (:func:`distill_loss`), with the teacher's top ``max_points`` poin
   teacher's best keypoint in it;
 * for a softmax keypoint head (outputs ``kp_logits``, :mod:`zippy.models.fastnet`) the score and position
   parts are one cross-entropy of each cell's 65-way softmax against the pixel of the teacher's best
-  keypoint in the cell, or "no keypoint" (weighted by ``score_weight``; the position part is 0); with
-  ``pixel_sigma`` > 0 against soft targets: every teacher keypoint spread over the pixels around it;
+  keypoint in the cell, or "no keypoint" (weighted by ``score_weight``; the position part is 0);
 * descriptor (relational, so any teacher dimension works): the student's similarities between all
   sampled points of both views match the teacher's cosine similarities (mean squared error over
   pairs). Binary students use soft top-k bits (BinNormTrain) with the similarity
@@ -73,11 +72,6 @@ class DistillConfig:
         photo_keypoints: ALIKED keypoints cached per photo.
         photo_max_side: photos are shrunk to this longest side before ALIKED (keypoints mapped back).
         border_px: teacher points closer than this to a view's border are not used.
-        pixel_sigma: softmax keypoint heads: 0 teaches each cell the pixel of its best teacher keypoint (one
-            class); > 0 spreads every teacher keypoint over the pixels around its sub-pixel position by a
-            Gaussian of this many px (5x5 px, mass 1 per keypoint), so a keypoint on a cell border teaches both
-            cells their share instead of one cell all of it and the other none (the cell of a border
-            keypoint, and with it the student's cell score, flipped with sub-pixel shifts of the view).
     """
 
     score_weight: float = 1.0
@@ -87,7 +81,6 @@ class DistillConfig:
     photo_keypoints: int = 2048
     photo_max_side: int = 640
     border_px: float = 4.0
-    pixel_sigma: float = 0.0
 
 
 @dataclass
@@ -413,29 +406,6 @@ def _pixel_targets(pts: TeacherPoints, hc: int, wc: int, cell: int) -> torch.Ten
     return target
 
 
-def _soft_pixel_targets(pts: TeacherPoints, hc: int, wc: int, cell: int, sigma: float) -> torch.Tensor:
-    """Target distributions float [hc * wc, cell * cell + 1] of a (cell * cell + 1)-way keypoint softmax: each
-    teacher keypoint spread over the 5x5 pixels around it (Gaussian of ``sigma`` px, mass 1), each cell's pixels
-    taking the mass that falls on them and "no keypoint" the rest (a cell with more than 1 in all: renormalized,
-    no "no keypoint")."""
-    h, w = hc * cell, wc * cell
-    heat = torch.zeros(h * w)
-    kp = pts.keypoints
-    if kp.shape[0]:
-        r = torch.arange(-2, 3, dtype=torch.long)
-        base = kp.round().long()
-        px = base[:, 0, None, None] + r[None, None, :]  # [N, 5 (dy), 5 (dx)]
-        py = base[:, 1, None, None] + r[None, :, None]
-        g = torch.exp(-((px - kp[:, 0, None, None]) ** 2 + (py - kp[:, 1, None, None]) ** 2) / (2 * sigma**2))
-        g = g / g.sum((1, 2), keepdim=True)
-        ok = (px >= 0) & (px < w) & (py >= 0) & (py < h)
-        heat.index_add_(0, (py * w + px)[ok], g[ok])
-    cells = heat.view(hc, cell, wc, cell).permute(0, 2, 1, 3).reshape(hc * wc, cell * cell)  # (dy, dx) order
-    mass = cells.sum(1, keepdim=True)
-    cells = torch.where(mass > 1, cells / mass.clamp_min(1e-12), cells)
-    return torch.cat([cells, (1 - cells.sum(1, keepdim=True)).clamp_min(0)], 1)
-
-
 def distill_loss(
     out0: dict[str, torch.Tensor],
     out1: dict[str, torch.Tensor],
@@ -472,10 +442,7 @@ def distill_loss(
             interior = torch.zeros_like(s, dtype=torch.bool)
             interior[1:-1, 1:-1] = True
             if "kp_logits" in out:  # a softmax keypoint head: the teacher's pixel (or none) per cell, cross-entropy
-                if cfg.pixel_sigma > 0:
-                    target = _soft_pixel_targets(pts, hc, wc, cell, cfg.pixel_sigma)
-                else:
-                    target = _pixel_targets(pts, hc, wc, cell)
+                target = _pixel_targets(pts, hc, wc, cell)
                 logits = out["kp_logits"][b].flatten(1).t()  # [hc * wc, 65]
                 flat = interior.flatten()
                 score_l.append(F.cross_entropy(logits[flat], target[flat]))
