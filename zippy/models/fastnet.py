@@ -113,10 +113,7 @@ class FastKeypointNet(nn.Module):
         self.register_buffer("offsets", torch.stack([dx.flatten(), dy.flatten()], 0), persistent=False)
 
     def _grey(self, x: torch.Tensor) -> torch.Tensor:
-        g = F.conv2d(x, self.grey.to(x.dtype))
-        mean = g.mean((2, 3), keepdim=True)
-        std = g.std((2, 3), keepdim=True)
-        return (g - mean) / (std + 0.02)
+        return _standardize(F.conv2d(x, self.grey.to(x.dtype)))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.detect(x)
@@ -196,6 +193,11 @@ class FastKeypointNet(nn.Module):
         conv3, conv1 = self.local_desc
         local = _linear_taps(conv3, _tap_patches(out["x4"][0], keypoints, width, height))
         return d + _linear(conv1, local)
+
+
+def _standardize(g: torch.Tensor) -> torch.Tensor:
+    """Each grey image of g [B, 1, H, W] to zero mean and unit spread (brightness and contrast cancel)."""
+    return (g - g.mean((2, 3), keepdim=True)) / (g.std((2, 3), keepdim=True) + 0.02)
 
 
 def _tap_patches(fmap: torch.Tensor, keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -282,7 +284,7 @@ def fold_for_inference(model: FastKeypointNet) -> FastKeypointNet:
     window = None
     if m.kp_window is not None:  # its part of the first keypoint layer, scaled by that layer's BatchNorm
         bn = m.kp_head[0][1]
-        scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+        scale = _bn_scale(bn)
         side = 8 + 2 * m.kp_margin
         window = (
             _weight(m.kp_window).detach().reshape(64, 1, side, side) * scale.view(-1, 1, 1, 1),
@@ -320,8 +322,7 @@ class _FoldedFastNet(FastKeypointNet):
 
     def _grey(self, x: torch.Tensor) -> torch.Tensor:
         # a product over the channels of the image (laid out channels-last by zippy.image.to_tensor), not a conv
-        g = (x.permute(0, 2, 3, 1) @ self.grey.view(3, 1).to(x.dtype)).permute(0, 3, 1, 2)
-        return (g - g.mean((2, 3), keepdim=True)) / (g.std((2, 3), keepdim=True) + 0.02)
+        return _standardize((x.permute(0, 2, 3, 1) @ self.grey.view(3, 1).to(x.dtype)).permute(0, 3, 1, 2))
 
     def _down(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return stage(x)  # the first conv is the 2x2 stride-2 form of space-to-depth + 1x1
@@ -348,11 +349,16 @@ def _space_to_depth_conv(weight: torch.Tensor, bias: torch.Tensor | None, factor
     return out.eval()
 
 
+def _bn_scale(bn: nn.BatchNorm2d) -> torch.Tensor:
+    """The factor [C] an eval-mode BatchNorm multiplies each channel by."""
+    return (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+
+
 def _plain_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> nn.Conv2d:
     w = _weight(conv).detach().clone()
     b = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
     if bn is not None:
-        g = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        g = _bn_scale(bn)
         w = w * g.view(-1, 1, 1, 1)
         b = (b - bn.running_mean) * g + bn.bias.detach()
     out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding, bias=True)
