@@ -9,6 +9,7 @@ Files in ``out_dir``:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -175,6 +177,25 @@ def _raise_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def _sigterm_deferred() -> Iterator[None]:
+    """A SIGTERM inside the block is logged and ignored: the final checkpoint and weights.pt are being written,
+    and an exit in the middle of them would lose the run's end (a stop request that arrives as the run ends on
+    its own, or a second one). The previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        log.warning("SIGTERM while writing the final checkpoint and weights: finishing them first")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -407,11 +428,12 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
             epoch += 1
     finally:
         bar.close()
-        if _is_main():
-            checkpoint()
-            recalibrate()
-            export("weights.pt")
-            _append_jsonl(log_path, {"event": "stop", "step": step})
+        with _sigterm_deferred():
+            if _is_main():
+                checkpoint()
+                recalibrate()
+                export("weights.pt")
+                _append_jsonl(log_path, {"event": "stop", "step": step})
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return out / "weights.pt"
