@@ -19,7 +19,7 @@ from zippy.geometry import warp_points
 from zippy.models import KeypointNet, ModelConfig
 from zippy.postprocess import sample_descriptors
 from zippy.train.data import AugmentConfig, HomographyPairs, list_images
-from zippy.train.losses import LossConfig, pair_loss, rank_consistency, warp_points_torch
+from zippy.train.losses import LossConfig, pair_loss, warp_points_torch
 from zippy.train.trainer import TrainConfig, train
 from zippy.weights import load_model
 
@@ -146,47 +146,6 @@ def test_score_consistency_weight_scales_the_squared_score_difference_of_matched
     consistency = parts[1.0] - parts[0.0]
     assert consistency > 0
     assert parts[3.0] == pytest.approx(parts[0.0] + 3 * consistency, rel=1e-4, abs=1e-7)
-
-
-def test_rank_consistency_penalizes_a_changed_order_not_a_changed_range() -> None:
-    torch.manual_seed(5)
-    s0 = torch.rand(2, 40) * 0.9 + 0.05
-    matched = torch.ones(2, 40, dtype=torch.bool)
-    z0 = torch.logit(s0)
-    same_order = torch.sigmoid(z0 + 1.5)  # every logit moved by the same amount: the ranking is the same
-    swapped = torch.sigmoid(-z0)  # the ranking reversed
-    agree = rank_consistency(s0, s0, matched)
-    assert float(rank_consistency(s0, same_order, matched)) == pytest.approx(float(agree), rel=1e-4)
-    assert float(rank_consistency(s0, swapped, matched)) > float(agree) + 0.1
-    # agreeing views give no gradient (each view's target is the other's detached ranking)
-    s1 = s0.clone().requires_grad_(True)
-    rank_consistency(s0, s1, matched).backward()
-    assert float(s1.grad.abs().max()) < 1e-6
-    # unmatched keypoints take no part
-    none = torch.zeros_like(matched)
-    assert float(rank_consistency(s0, swapped, none)) == 0.0
-    partial = matched.clone()
-    partial[:, 20:] = False
-    shuffled = s0.clone()
-    shuffled[:, 20:] = torch.rand(2, 20)
-    assert float(rank_consistency(s0, shuffled, partial)) == pytest.approx(float(rank_consistency(s0, s0, partial)))
-
-
-def test_score_rank_weight_adds_the_rank_consistency_to_the_score_part() -> None:
-    torch.manual_seed(4)
-    model = KeypointNet(ModelConfig(backbone="kp2d")).eval()
-    x = torch.rand(1, 3, 64, 96)
-    with torch.no_grad():
-        o0 = model(x)
-    o1 = dict(o0, score=o0["score"].flip(-1))  # the same keypoints, scores in another order
-    parts = {}
-    for w in (0.0, 2.0):
-        cfg = LossConfig(score_rank_weight=w)
-        _, p = pair_loss(o0, o1, torch.eye(3)[None], torch.ones(1, 1, 64, 96), binary=True, ones=64,
-                         temperature=0.5, cfg=cfg)  # fmt: skip
-        parts[w] = p
-    assert parts[2.0]["rank"] > 0
-    assert parts[2.0]["score"] == pytest.approx(parts[0.0]["score"] + 2 * parts[2.0]["rank"], rel=1e-4, abs=1e-7)
 
 
 def _run(image_folder: Path, out: Path, steps: int, resume: bool = False) -> Path:

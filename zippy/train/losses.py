@@ -3,9 +3,6 @@
 For every source cell keypoint p0 warped into the target (p0w = H p0) and visible there:
 * location: distance from p0w to the nearest target keypoint, for pairs closer than ``match_px``;
 * score: UnsuperPoint's repeatability loss ((s0 + s1) / 2 * (d - mean d)) plus score consistency;
-  with ``score_rank_weight`` also a ranking consistency after RankNet: for pairs (i, j) of matched keypoints,
-  each view learns the other's probability that i outranks j, sigmoid(z_i - z_j) with z the score's logit
-  (targets detached), so the top-k keeps the same points without asking for equal scores;
   with ``score_desc_weight`` also a reliability term after KP2D's score loss, s0 * (m - mean m) with m
   the anchor's positive minus hardest negative descriptor distance, so the score prefers points whose
   descriptor stands out;
@@ -31,7 +28,7 @@ import torch.nn.functional as F
 from zippy.binarize import BinNormTrain
 from zippy.postprocess import sample_network_descriptors
 
-__all__ = ["LossConfig", "pair_loss", "rank_consistency", "split_views", "warp_points_torch"]
+__all__ = ["LossConfig", "pair_loss", "split_views", "warp_points_torch"]
 
 DESCRIPTOR_MAPS = ("desc", "desc_fine")
 
@@ -76,11 +73,6 @@ class LossConfig:
     # weight of the score consistency (s0 - s1)^2 over matched keypoints, inside the score part; a larger one asks
     # for cell scores that stay put when the view moves, so the top-k keeps the same points
     score_consistency_weight: float = 1.0
-    # weight of the ranking consistency (module docstring) over up to ``rank_points`` matched keypoints per pair;
-    # 0 = off. Unlike the squared difference it saturates for pairs whose order both views agree on, so it does
-    # not reward a compressed score range
-    score_rank_weight: float = 0.0
-    rank_points: int = 256
 
     def __post_init__(self) -> None:
         if self.desc_loss not in ("nce", "triplet"):
@@ -156,8 +148,6 @@ def pair_loss(
         score = usp + cfg.score_consistency_weight * consistency
     else:
         score = zero
-    rank = rank_consistency(s0, s1nn, matched, cfg.rank_points) if cfg.score_rank_weight else zero
-    score = score + cfg.score_rank_weight * rank
 
     desc_loss, correct, count, rel = _descriptor_loss(
         out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones, temperature, cfg
@@ -182,46 +172,12 @@ def pair_loss(
         "loss": float(total.detach()),
         "loc": float(loc.detach()),
         "score": float(score.detach()),
-        "rank": float(rank.detach()),
         "desc": float(desc_loss.detach()),
         "desc_precision": precision,
         "score_desc": float(rel.detach()),
         "matched_frac": n_matched / max(int(ok0.sum()), 1),
     }
     return total, parts
-
-
-def rank_consistency(s0: torch.Tensor, s1: torch.Tensor, matched: torch.Tensor, max_points: int = 256) -> torch.Tensor:
-    """Symmetric RankNet consistency of two views' scores of the same keypoints.
-
-    Args:
-        s0, s1: float [B, N] scores in (0, 1) of keypoint n in the source view and of its partner in the target.
-        matched: bool [B, N], the keypoints that have a partner. max_points: at most this many per pair (a random
-            subset), as the pairs grow with its square.
-
-    Returns:
-        float scalar: mean over pairs (i, j) of BCE(sigmoid(z1_i - z1_j), sigmoid(z0_i - z0_j)) and the same
-        with the views swapped (each target detached), z = logit(s); 0 when no pair has two matched keypoints.
-    """
-    losses = []
-    for i in range(s0.shape[0]):
-        idx = matched[i].nonzero()[:, 0]
-        if idx.numel() < 2:
-            continue
-        if idx.numel() > max_points:
-            idx = idx[torch.randperm(idx.numel(), device=idx.device)[:max_points]]
-        z0 = torch.logit(s0[i, idx].clamp(1e-4, 1 - 1e-4))
-        z1 = torch.logit(s1[i, idx].clamp(1e-4, 1 - 1e-4))
-        d0, d1 = z0[:, None] - z0[None], z1[:, None] - z1[None]
-        off = ~torch.eye(idx.numel(), dtype=torch.bool, device=idx.device)
-        d0, d1 = d0[off], d1[off]
-        losses.append(
-            0.5 * F.binary_cross_entropy_with_logits(d1, torch.sigmoid(d0).detach())
-            + 0.5 * F.binary_cross_entropy_with_logits(d0, torch.sigmoid(d1).detach())
-        )
-    if not losses:
-        return s0.sum() * 0.0
-    return torch.stack(losses).mean()
 
 
 def _descriptor_loss(out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones, temperature, cfg):
