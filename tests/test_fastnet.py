@@ -239,6 +239,22 @@ def _margin_config(margin: int = 4) -> ModelConfig:
     return dataclasses.replace(default_config("zippyfast"), options=opts)
 
 
+@pytest.mark.parametrize("margin", [0, 2, 4, 8])
+def test_folded_cell_windows_read_the_space_to_depth_image_when_the_margin_allows(margin: int) -> None:
+    torch.manual_seed(8)
+    net = build_network(_margin_config(margin) if margin else _local_config()).eval()
+    with torch.no_grad():
+        if net.kp_window is not None:
+            torch.nn.init.normal_(net.kp_window.weight, std=0.05)
+        x = torch.rand(1, 3, 72, 104)
+        dense = net(x)
+        folded_net = fold_for_inference(net)
+        folded = folded_net.detect(x)
+    # margins of 0, 4, 8 px: a stride-2 conv on pixel_unshuffle(g, 4); 2 px: the stride-8 conv on g
+    assert folded_net.kp_head[0].cells.in_channels == (1 if margin % 4 else 16)
+    assert torch.allclose(folded["kp_logits"], dense["kp_logits"], atol=1e-4)
+
+
 def test_keypoint_window_starts_as_the_network_without_it_and_folds_exactly(tmp_path: Path) -> None:
     from zippy.train.init import init_from
     from zippy.weights import save_weights
