@@ -251,6 +251,7 @@ def test_folded_cell_windows_read_the_space_to_depth_image_when_the_margin_allow
         folded_net = fold_for_inference(net)
         folded = folded_net.detect(x)
     # margins of 0, 4, 8 px: a stride-2 conv on pixel_unshuffle(g, 4); 2 px: the stride-8 conv on g
+    assert folded_net.kp_head[0].reads_g4 == (margin % 4 == 0)
     assert folded_net.kp_head[0].cells.in_channels == (1 if margin % 4 else 16)
     assert torch.allclose(folded["kp_logits"], dense["kp_logits"], atol=1e-4)
 

@@ -313,10 +313,11 @@ def fold_for_inference(model: FastKeypointNet) -> FastKeypointNet:
         cells = nn.Conv2d(1, 64, w.shape[-1], stride=8, padding=p, bias=False)
         cells.weight.data.copy_(w)
         feat.bias.data.add_(b)
-    if cells.padding[0] % 4 == 0 and cells.kernel_size[0] % 4 == 0:
+    reads_g4 = cells.padding[0] % 4 == 0 and cells.kernel_size[0] % 4 == 0
+    if reads_g4:
         cells = _on_space_to_depth_4(cells)
     first = nn.Module()
-    first.cells, first.feat, first.act = cells, feat, act
+    first.cells, first.feat, first.act, first.reads_g4 = cells, feat, act, reads_g4
     m.kp_head[0] = first
     m.__class__ = _FoldedFastNet
     return m.to(memory_format=torch.channels_last)
@@ -335,7 +336,7 @@ class _FoldedFastNet(FastKeypointNet):
     def _kp_logits(self, g: torch.Tensor, g4: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
         hc, wc = feat.shape[-2:]
         first = self.kp_head[0]  # the cell windows' part (a stride-8 conv on g, or stride 2 on g4), the features'
-        cells = first.cells(g4 if first.cells.in_channels == 16 else g)
+        cells = first.cells(g4 if first.reads_g4 else g)
         y = first.act(cells[..., :hc, :wc] + first.feat(feat))
         return self.kp_head[1:](y)
 
