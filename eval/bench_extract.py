@@ -10,6 +10,9 @@ torch / OpenCV / numba start. Memory: one subprocess per (method, size) on one t
 does not see torch's allocator).
 
 Methods (names in the results):
+    * ``zippyfast``: the CPU-first network (``zippy.load("zippyfast")``), its folded fp32 engine and its own
+      keypoint detector (Shi-Tomasi corners, ``detector="corners"``); ``zippyfast-cells``: the same network
+      with its 8x8-cell keypoint head (``detector="network"``; not in the default set).
     * ``zippypoint-fp32``: the zippypoint network in float with fake quantization switched off
       (``zippy.quant.set_fake_quant(model, False)``), torch eager.
     * ``zippypoint-fq``: the same network with fake quantization on (the training-time reference).
@@ -110,8 +113,10 @@ ZIPPY_VARIANTS = {
     "zippypoint_small-int8-x1.41+1": ("zippypoint_small", "int8", True, (1.41, 1.0), ONE),
     "kp2d-fp32": ("kp2d", "fp32", True, (1.0,), ONE),
     "zippyfast": ("zippyfast", "auto", True, (1.0,), ONE),
+    "zippyfast-cells": ("zippyfast", "auto", True, (1.0,), ONE),
 }
 INT8_PATH = {"zippypoint-int8-split": "split"}  # variants that force an int8 path (else: the kernel check's)
+DETECTOR = {"zippyfast-cells": "network"}  # variants that force a keypoint detector (else: the model's own)
 REFERENCE = "zippypoint-fq"  # the trained network, which the agreement columns compare with
 TARGET_MATCH_MS = 20.0
 
@@ -200,7 +205,13 @@ class _Zippy:
         if not fake_quant:
             set_fake_quant(model, False)
         self.extractor = Extractor(
-            model, engine=engine, weights_path=ex.weights_path, meta=ex.meta, scales=scales, shifts=shifts
+            model,
+            engine=engine,
+            weights_path=ex.weights_path,
+            meta=ex.meta,
+            scales=scales,
+            shifts=shifts,
+            detector=DETECTOR.get(name),
         )
         if name in INT8_PATH:
             self.extractor._net.set_path(INT8_PATH[name], "forced by the benchmark")
@@ -214,6 +225,7 @@ class _Zippy:
             "fake_quant": fake_quant,
             "scales": list(scales),
             "shifts": [list(d) for d in shifts],
+            "detector": self.extractor.detector,
             "trained": bool(ex.trained),
             "weights": str(ex.weights_path) if ex.weights_path else None,
             "weights_sha256": ex.weights_sha256,

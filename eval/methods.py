@@ -319,7 +319,7 @@ class ZippyMethod(Method):
             "version": f"zippy {self._version}",
             "weights": str(self._weights) if self._weights is not None else "shipped",
             "weights_sha256": getattr(ex, "weights_sha256", None),
-            "params": {"trained": ex.trained, **ex.config.options()},
+            "params": {"trained": ex.trained, **ex.config.options(), "detector": ex.detector},
         }
 
     def cache_key(self) -> str:
@@ -368,7 +368,7 @@ class DetectorPlusZippy(Method):
 
     def info(self) -> dict[str, Any]:
         info = self.model.info()
-        params = {"detector": self.detector, "opencv": self._cv2.__version__, **info["params"]}
+        params = {**info["params"], "detector": self.detector, "opencv": self._cv2.__version__}
         return {**info, "name": self.name, "params": params}
 
     def cache_key(self) -> str:

@@ -522,3 +522,32 @@ def test_validation_pairs_do_not_follow_the_training_augmentation(image_folder: 
     assert len(plain) == len(strong) == 7
     for (a0, a1, ha), (b0, b1, hb) in zip(plain.pairs, strong.pairs):
         assert np.array_equal(a0, b0) and np.array_equal(a1, b1) and np.array_equal(ha, hb)
+
+
+def test_corner_descriptor_loss_trains_the_descriptors_at_the_corners(image_folder: Path) -> None:
+    from dataclasses import replace
+
+    from zippy.models import build_network, default_config
+    from zippy.train.data import AugmentConfig, HomographyPairs, list_images
+    from zippy.train.losses import LossConfig, pair_loss, split_views, view_corners
+
+    torch.manual_seed(0)
+    model = build_network(replace(default_config("zippyfast"), options=(("kp_head", "softmax"),))).train()
+    ds = HomographyPairs(list_images(image_folder), AugmentConfig(height=64, width=96), seed=2)
+    items = [ds[i] for i in range(2)]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    pts, present = view_corners(batch["image0"], 30)
+    assert pts.shape == (2, 30, 2) and present.dtype == torch.bool and present.any()
+    assert torch.all(pts[~present] == 0)
+    o0, o1 = split_views(model(torch.cat([batch["image0"], batch["image1"]])), 2)
+    corners = (pts, present), view_corners(batch["image1"], 30)
+    args = dict(binary=True, ones=64, temperature=0.5)
+    base, p0 = pair_loss(o0, o1, batch["H"], batch["valid1"], cfg=LossConfig(desc_symmetric=True), **args)
+    cfg = LossConfig(desc_symmetric=True, corner_desc_weight=2.0)
+    with_corners, p1 = pair_loss(o0, o1, batch["H"], batch["valid1"], cfg=cfg, corners=corners, **args)
+    assert p0["corner_desc"] == 0.0 and p1["corner_desc"] > 0
+    assert float(with_corners.detach()) == pytest.approx(float(base.detach()) + 2.0 * p1["corner_desc"], rel=1e-5)
+    with_corners.backward()
+    assert model.desc_head.weight.grad.abs().max() > 0
+    with pytest.raises(ValueError, match="needs the views' corners"):
+        pair_loss(o0, o1, batch["H"], batch["valid1"], cfg=cfg, **args)

@@ -17,9 +17,11 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_NMS_RADIUS",
+    "DETECTORS",
     "ENGINES",
     "ExtractorConfig",
     "add_extractor_arguments",
+    "check_detector",
     "check_nms_radius",
     "check_scales",
     "check_shifts",
@@ -31,6 +33,8 @@ __all__ = [
 # development split from 0.534 to 0.586 at the same H@3 (docs/hpatches.md)
 DEFAULT_NMS_RADIUS = 1.0
 ENGINES = ("auto", "fp32", "int8", "onnx")
+# keypoint detectors: the network's own keypoint head, or Shi-Tomasi corners (zippy.corners) described by the network
+DETECTORS = ("network", "corners")
 
 
 def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
@@ -54,6 +58,13 @@ def check_shifts(shifts: Sequence[Sequence[int]], cell: int = 8) -> tuple[tuple[
     if not out or not exact or len(set(out)) != len(out) or not all(0 <= a < cell for pair in out for a in pair):
         raise ValueError(f"shifts must be distinct (dx, dy) integer pairs in [0, {cell}), at least one, got {shifts!r}")
     return out
+
+
+def check_detector(detector: str | None) -> str | None:
+    """Validated keypoint detector: one of :data:`DETECTORS`, or None (the model's own)."""
+    if detector is not None and detector not in DETECTORS:
+        raise ValueError(f"unknown detector {detector!r}; choose one of {list(DETECTORS)} (or None: the model's own)")
+    return detector
 
 
 def check_nms_radius(nms_radius: float) -> float:
@@ -99,6 +110,9 @@ class ExtractorConfig:
             moved by (dx, dy), e.g. ((0, 0), (4, 4)). The network's keypoints depend on where a point falls in its
             cell, and a second grid half a cell away finds points the first misses; default ((0, 0),).
         nms_radius: keypoint NMS radius in px between neighbouring cells (default 1; 0: none).
+        detector: where the keypoints come from: "network" (the network's keypoint head) or "corners" (Shi-Tomasi
+            corners of the smoothed image, :mod:`zippy.corners`, described by the network); None (default): the
+            model's own choice, saved in its weights file ("corners" for zippyfast, "network" for the others).
         allow_untrained: a backbone without trained weights loads with random weights instead of raising
             ValueError (for tests, training and speed measurements, never for results).
         max_pixels: largest image accepted, in pixels per pass (height x width x the largest scale squared);
@@ -116,6 +130,7 @@ class ExtractorConfig:
     nms_radius: float = DEFAULT_NMS_RADIUS
     allow_untrained: bool = False
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    detector: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -134,6 +149,7 @@ class ExtractorConfig:
         object.__setattr__(self, "shifts", check_shifts(self.shifts))
         object.__setattr__(self, "nms_radius", check_nms_radius(self.nms_radius))
         object.__setattr__(self, "allow_untrained", bool(self.allow_untrained))
+        object.__setattr__(self, "detector", check_detector(self.detector))
 
     @classmethod
     def build(cls, config: str | ExtractorConfig = "zippypoint", /, **options: Any) -> ExtractorConfig:
@@ -156,28 +172,33 @@ class ExtractorConfig:
         return ExtractorConfig.build(self, **options)
 
     def options(self) -> dict[str, Any]:
-        """The options that shape the features, JSON-ready (for protocols): engine, scales, shifts, nms_radius."""
+        """The options that shape the features, JSON-ready (for protocols): engine, scales, shifts, nms_radius,
+        detector (None: the model's own)."""
         return {
             "engine": self.engine,
             "scales": list(self.scales),
             "shifts": [list(d) for d in self.shifts],
             "nms_radius": self.nms_radius,
+            "detector": self.detector,
         }
 
     def tag(self) -> str:
         """Cache-name part of the options that change the features besides the name, weights and engine: the
-        pyramid unless one pass at scale 1 ("x1.41+1"), the grid shifts unless only (0, 0) ("g0-0+4-4") and always
-        the NMS radius ("nms1"), joined by "-", e.g. "x1.41+1-g0-0+4-4-nms1"."""
+        pyramid unless one pass at scale 1 ("x1.41+1"), the grid shifts unless only (0, 0) ("g0-0+4-4"), always
+        the NMS radius ("nms1") and a detector chosen here ("corners"), joined by "-", e.g. "x1.41+1-g0-0+4-4-nms1"."""
         parts = [] if self.scales == (1.0,) else ["x" + "+".join(f"{s:g}" for s in self.scales)]
         if self.shifts != ((0, 0),):
             parts.append("g" + "+".join(f"{dx}-{dy}" for dx, dy in self.shifts))
-        return "-".join([*parts, f"nms{self.nms_radius:g}"])
+        parts.append(f"nms{self.nms_radius:g}")
+        return "-".join(parts if self.detector is None else [*parts, self.detector])
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **options: Any) -> ExtractorConfig:
         """The config of the options :func:`add_extractor_arguments` added (``--model`` / ``--weights`` when present);
         ``options`` override or complete them (e.g. ``name=`` for commands without ``--model``)."""
         got = {"engine": args.engine, "scales": args.scales, "shifts": args.shifts, "nms_radius": args.nms_radius}
+        if hasattr(args, "detector"):
+            got["detector"] = args.detector
         if isinstance(getattr(args, "model", None), str):
             got["name"] = args.model
         if isinstance(getattr(args, "weights", None), (str, os.PathLike)):
@@ -247,6 +268,13 @@ def add_extractor_arguments(parser: argparse.ArgumentParser, *, model: bool = Tr
         default=DEFAULT_NMS_RADIUS,
         metavar="PX",
         help=f"zippy keypoint NMS radius in px (default {DEFAULT_NMS_RADIUS:g})",
+    )
+    parser.add_argument(
+        "--detector",
+        choices=DETECTORS,
+        default=None,
+        help="zippy keypoints: the network's keypoint head or Shi-Tomasi corners described by the network "
+        "(default: the model's own; zippyfast: corners)",
     )
     parser.add_argument(
         "--max-pixels",

@@ -18,11 +18,13 @@ from zippy.config import (
     DEFAULT_NMS_RADIUS,
     ENGINES,
     ExtractorConfig,
+    check_detector,
     check_max_pixels,
     check_nms_radius,
     check_scales,
     check_shifts,
 )
+from zippy.corners import detect_corners, grey_from_tensor
 from zippy.features import Features
 from zippy.image import resize_image, to_tensor
 from zippy.models import KeypointNet, ModelConfig, available, build_network, default_config
@@ -93,6 +95,10 @@ class Extractor:
             Each (dx, dy) adds a pass per scale on the image without its first dx columns and dy rows (the grid
             moved by (dx, dy)); the keypoints of all passes are mapped back and the ``max_keypoints`` best by
             score kept, as with ``scales``. ((0, 0), (4, 4)) doubles the cost.
+        detector: where the keypoints come from: "network" (the keypoint head) or "corners" (Shi-Tomasi corners of
+            the smoothed image, :func:`zippy.corners.detect_corners`, described by the network; a 4 px shift of
+            the image keeps 0.99 of them). The model's own choice (its weights file's ``detector`` option, else
+            "network") unless one is given.
         raw_descriptors: False (default) gives the final descriptors (packed bits, or L2-normalized floats).
             True gives float32 [N, D], the descriptor map sampled at the keypoints before binarization or
             normalization; a diagnostic (e.g. ``tools/binarization_gap.py``), not for matching as is.
@@ -110,6 +116,7 @@ class Extractor:
         scales: Sequence[float] = (1.0,),
         shifts: Sequence[Sequence[int]] = ((0, 0),),
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        detector: str | None = None,
     ):
         self.model = model.eval()
         self.cfg: ModelConfig = model.cfg
@@ -123,6 +130,8 @@ class Extractor:
         self.scales = check_scales(scales)
         self.shifts = check_shifts(shifts, self.cfg.cell)
         self.max_pixels = check_max_pixels(max_pixels)
+        self._detector_option = check_detector(detector)
+        self.detector = check_detector(detector or self.cfg.option("detector", "network"))
         self.raw_descriptors = False
         self._config_name = self.name
         self.engine_path, self.engine_reason = "", ""
@@ -140,6 +149,7 @@ class Extractor:
             nms_radius=self.nms_radius,
             allow_untrained=not self.trained,
             max_pixels=self.max_pixels,
+            detector=self._detector_option,
         )
 
     @classmethod
@@ -158,6 +168,7 @@ class Extractor:
         opts = {"engine": config.engine, "scales": config.scales, "shifts": config.shifts}
         opts["nms_radius"] = config.nms_radius
         opts["max_pixels"] = config.max_pixels
+        opts["detector"] = config.detector
         path = Path(config.weights) if config.weights is not None else shipped
         if path is None:
             if not config.allow_untrained:
@@ -393,13 +404,21 @@ class Extractor:
         ph, pw = (-h) % cell, (-w) % cell
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        corners = given is None and self.detector == "corners"
+        if corners:  # Shi-Tomasi corners of the (resized, shifted) image, before the padding
+            grey = grey_from_tensor(x[0, :, :h, :w].permute(1, 2, 0).numpy())
+            pts, strength = detect_corners(grey, max_keypoints, threshold)
+            given = torch.from_numpy(pts), torch.from_numpy(strength)
         # the int8 network computes its descriptors only at the selected keypoints (detect / describe)
         sparse = hasattr(self._net, "describe")
         t0 = time.perf_counter()
-        out = self._net.detect(x) if sparse else self._net(x)
+        if sparse and corners and self.cfg.topology == "fast":
+            out = self._net.detect(x, keypoints=False)  # the keypoint head is not needed
+        else:
+            out = self._net.detect(x) if sparse else self._net(x)
         t1 = time.perf_counter()
-        score, coords = out["score"][0, 0], out["coords"][0]
         if given is None:
+            score, coords = out["score"][0, 0], out["coords"][0]
             kpts, scores = select_keypoints(score, coords, w, h, max_keypoints, threshold, self.nms_radius)
         else:
             kpts, scores = given
@@ -424,4 +443,5 @@ class Extractor:
         src = os.fspath(self.weights_path) if self.weights_path else "random init"
         pyramid = f", scales={self.scales}" if self.scales != (1.0,) else ""
         pyramid += f", shifts={self.shifts}" if self.shifts != ((0, 0),) else ""
+        pyramid += f", detector={self.detector!r}" if self.detector != "network" else ""
         return f"Extractor({self.name!r}, engine={self.engine!r} ({self.engine_path}), {state}, weights={src}{pyramid})"

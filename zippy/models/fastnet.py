@@ -122,9 +122,11 @@ class FastKeypointNet(nn.Module):
             out["desc_fine"] = self.local_desc(out.pop("x4")).float()
         return out
 
-    def detect(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def detect(self, x: torch.Tensor, keypoints: bool = True) -> dict[str, torch.Tensor]:
         """Keypoint outputs (``score``, ``coords``; "softmax" head: ``kp_logits``), the fused 1/8 features
-        ``feat`` [B, C, H/8, W/8] and, with ``local_desc``, the 1/4 encoder features ``x4`` [B, C4, H/4, W/4]."""
+        ``feat`` [B, C, H/8, W/8] and, with ``local_desc``, the 1/4 encoder features ``x4`` [B, C4, H/4, W/4].
+        ``keypoints=False`` leaves the keypoint head out (only ``feat`` and ``x4``: another detector's keypoints
+        are described)."""
         _, _, h, w = x.shape
         if h % 8 or w % 8:
             raise ValueError(f"input size must be a multiple of 8, got {w}x{h}")
@@ -145,10 +147,12 @@ class FastKeypointNet(nn.Module):
             + F.interpolate(self.lat32(x32), size=size8, mode="bilinear", align_corners=False)
         )
         feat = self.fuse(fused)[..., :hc, :wc]
-        logits = self._kp_logits(g, g4, feat).float()
         out: dict[str, torch.Tensor] = {"feat": feat}
         if self.local_desc is not None:
             out["x4"] = x4[..., : 2 * hc, : 2 * wc]
+        if not keypoints:
+            return out
+        logits = self._kp_logits(g, g4, feat).float()
         if self.kp_head_kind == "softmax":
             score = _mask_border(1.0 - torch.softmax(logits, 1)[:, 64:65])
             out["kp_logits"] = logits

@@ -19,7 +19,7 @@ For every source cell keypoint p0 warped into the target (p0w = H p0) and visibl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from zippy.binarize import BinNormTrain
 from zippy.postprocess import sample_network_descriptors
 
-__all__ = ["LossConfig", "pair_loss", "split_views", "warp_points_torch"]
+__all__ = ["LossConfig", "pair_loss", "split_views", "view_corners", "warp_points_torch"]
 
 DESCRIPTOR_MAPS = ("desc", "desc_fine")
 
@@ -73,6 +73,12 @@ class LossConfig:
     # weight of the score consistency (s0 - s1)^2 over matched keypoints, inside the score part; a larger one asks
     # for cell scores that stay put when the view moves, so the top-k keeps the same points
     score_consistency_weight: float = 1.0
+    # a second descriptor loss anchored at Shi-Tomasi corners of the views (zippy.corners, the detector of
+    # ``detector="corners"``) instead of the cells' keypoints, its negatives the other view's corners farther than
+    # ``corner_neg_px``: descriptors trained where, and against the neighbours that, the corner detector gives; 0 = off
+    corner_desc_weight: float = 0.0
+    corner_points: int = 400  # corners per view (the strongest)
+    corner_neg_px: float = 4.0
 
     def __post_init__(self) -> None:
         if self.desc_loss not in ("nce", "triplet"):
@@ -114,6 +120,7 @@ def pair_loss(
     ones: int,
     temperature: float,
     cfg: LossConfig,
+    corners: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts (floats, for logging) of a batch of pairs.
 
@@ -121,6 +128,8 @@ def pair_loss(
         out0, out1: network outputs (zippy.models.net) of the source and target images.
         H: float [B, 3, 3] source -> target pixels. valid1: float [B, 1, H, W] target validity.
         binary: binary (soft top-k) or float descriptors; ones: k; temperature: soft top-k temperature.
+        corners: with ``cfg.corner_desc_weight``, the corners of the source and target views
+            (:func:`view_corners`): each (points float [B, N, 2], present bool [B, N]).
     """
     _, _, himg, wimg = valid1.shape
     s0, p0 = _flat(out0)
@@ -168,6 +177,12 @@ def pair_loss(
     precision = correct / max(count, 1)
     total = cfg.loc_weight * loc + cfg.score_weight * score + cfg.desc_weight * desc_loss
     total = total + cfg.score_desc_weight * rel
+    corner_loss = zero
+    if cfg.corner_desc_weight:
+        if corners is None:
+            raise ValueError("corner_desc_weight needs the views' corners (pair_loss(..., corners=view_corners(...)))")
+        corner_loss = _corner_descriptor_loss(out0, out1, H, valid1, corners, binary, ones, temperature, cfg)
+        total = total + cfg.corner_desc_weight * corner_loss
     parts = {
         "loss": float(total.detach()),
         "loc": float(loc.detach()),
@@ -175,9 +190,47 @@ def pair_loss(
         "desc": float(desc_loss.detach()),
         "desc_precision": precision,
         "score_desc": float(rel.detach()),
+        "corner_desc": float(corner_loss.detach()),
         "matched_frac": n_matched / max(int(ok0.sum()), 1),
     }
     return total, parts
+
+
+def view_corners(images: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` strongest corners (:func:`zippy.corners.detect_corners`) of each image float [B, 3, H, W] in [0, 1]:
+    points float [B, n, 2] (x, y) px, zero-padded, and present bool [B, n]."""
+    from zippy.corners import detect_corners, grey_from_tensor
+
+    pts = torch.zeros(images.shape[0], n, 2)
+    present = torch.zeros(images.shape[0], n, dtype=torch.bool)
+    for i, img in enumerate(images.detach().float()):
+        kp, _ = detect_corners(grey_from_tensor(img.permute(1, 2, 0).numpy()), n)
+        pts[i, : len(kp)] = torch.from_numpy(kp)
+        present[i, : len(kp)] = True
+    return pts, present
+
+
+def _corner_descriptor_loss(out0, out1, H, valid1, corners, binary, ones, temperature, cfg):
+    """The descriptor loss (one or both directions, as ``cfg.desc_symmetric``) anchored at the views' corners."""
+    _, _, himg, wimg = valid1.shape
+    (c0, m0), (c1, m1) = corners
+    c0w = warp_points_torch(c0, H)
+    ok0 = m0 & _inside(c0w, wimg, himg, cfg.border_px) & _inside(c0, wimg, himg, cfg.border_px)
+    ok0 &= _valid_at(valid1, c0w.clamp(0, max(wimg, himg)), wimg, himg)
+    ok1 = m1 & _inside(c1, wimg, himg, cfg.border_px) & _valid_at(valid1, c1, wimg, himg)
+    ccfg = replace(cfg, neg_px=cfg.corner_neg_px)
+    loss, _, count, _ = _descriptor_loss(out0, out1, c0, c0w, c1, ok0, ok1, wimg, himg, binary, ones, temperature, ccfg)
+    if not cfg.desc_symmetric:
+        return loss
+    c1w = warp_points_torch(c1, torch.linalg.inv(H))
+    ok1_back = ok1 & _inside(c1w, wimg, himg, cfg.border_px)
+    ok0_all = m0 & _inside(c0, wimg, himg, cfg.border_px)
+    back, _, back_count, _ = _descriptor_loss(
+        out1, out0, c1, c1w, c0, ok1_back, ok0_all, wimg, himg, binary, ones, temperature, ccfg
+    )
+    if count and back_count:
+        return 0.5 * (loss + back)
+    return back if back_count else loss
 
 
 def _descriptor_loss(out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones, temperature, cfg):

@@ -33,7 +33,7 @@ from zippy.train.bn import recalibrate_batchnorm
 from zippy.train.data import DEV_PREFIX, TRAIN_GLOBS, AugmentConfig, HomographyPairs, augment_config, list_images
 from zippy.train.distill import DistillConfig, Distiller, make_teacher
 from zippy.train.init import init_from
-from zippy.train.losses import LossConfig, pair_loss, split_views
+from zippy.train.losses import LossConfig, pair_loss, split_views, view_corners
 from zippy.train.validate import VALIDATION_PHOTOMETRY, ValidationSet, validate
 from zippy.weights import atomic_torch_save, save_weights
 
@@ -382,6 +382,9 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
                     outs = net(x)
                 b = batch["image0"].shape[0]
                 out0, out1 = split_views(outs, b)
+                corners = None
+                if lcfg.corner_desc_weight:
+                    corners = tuple(view_corners(batch[k], lcfg.corner_points) for k in ("image0", "image1"))
                 loss, parts = pair_loss(
                     out0,
                     out1,
@@ -391,6 +394,7 @@ def train(tc: TrainConfig, *, resume: bool = False, progress: bool = True) -> Pa
                     ones=model.cfg.desc_ones,
                     temperature=model.cfg.temperature,
                     cfg=lcfg,
+                    corners=corners,
                 )
                 loss = loss + compression.regularization(model)
                 if distiller is not None:
