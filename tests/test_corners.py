@@ -67,6 +67,8 @@ def test_detector_option_is_validated_named_in_the_tag_and_read_from_the_command
 def test_extract_with_corners_describes_the_corners_as_describe_does() -> None:
     ex = zippy.load("zippyfast", detector="corners")
     assert ex.detector == "corners" and ex.config.detector == "corners"
+    assert zippy.load("zippyfast").detector == "corners"  # the shipped weights file's choice
+    assert zippy.load("zippyfast").config.detector is None and zippy.load("zippypoint_small").detector == "network"
     image = textured(96, 128, seed=1)
     f = ex.extract(image, 80)
     kp, sc = detect_corners(grey_from_tensor(image.astype(np.float32) / 255), 80)

@@ -158,22 +158,10 @@ def pair_loss(
     else:
         score = zero
 
-    desc_loss, correct, count, rel = _descriptor_loss(
-        out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones, temperature, cfg
+    all0 = _inside(p0, wimg, himg, cfg.border_px)
+    desc_loss, correct, count, rel = _descriptor_loss_both_ways(
+        out0, out1, H, p0, p0w, p1, ok0, ok1, all0, wimg, himg, binary, ones, temperature, cfg
     )
-    if cfg.desc_symmetric:
-        # target anchors seen in the source crop; negatives: every source keypoint, in view of the target or not
-        p1w = warp_points_torch(p1, torch.linalg.inv(H))
-        ok1_back = ok1 & _inside(p1w, wimg, himg, cfg.border_px)
-        ok0_all = _inside(p0, wimg, himg, cfg.border_px)
-        back, back_correct, back_count, back_rel = _descriptor_loss(
-            out1, out0, p1, p1w, p0, ok1_back, ok0_all, wimg, himg, binary, ones, temperature, cfg
-        )
-        if count and back_count:  # the mean of the directions that had anchors
-            desc_loss, rel = 0.5 * (desc_loss + back), 0.5 * (rel + back_rel)
-        elif back_count:
-            desc_loss, rel = back, back_rel
-        correct, count = correct + back_correct, count + back_count
     precision = correct / max(count, 1)
     total = cfg.loc_weight * loc + cfg.score_weight * score + cfg.desc_weight * desc_loss
     total = total + cfg.score_desc_weight * rel
@@ -215,22 +203,33 @@ def _corner_descriptor_loss(out0, out1, H, valid1, corners, binary, ones, temper
     _, _, himg, wimg = valid1.shape
     (c0, m0), (c1, m1) = corners
     c0w = warp_points_torch(c0, H)
-    ok0 = m0 & _inside(c0w, wimg, himg, cfg.border_px) & _inside(c0, wimg, himg, cfg.border_px)
-    ok0 &= _valid_at(valid1, c0w.clamp(0, max(wimg, himg)), wimg, himg)
+    all0 = m0 & _inside(c0, wimg, himg, cfg.border_px)
+    ok0 = all0 & _inside(c0w, wimg, himg, cfg.border_px) & _valid_at(valid1, c0w.clamp(0, max(wimg, himg)), wimg, himg)
     ok1 = m1 & _inside(c1, wimg, himg, cfg.border_px) & _valid_at(valid1, c1, wimg, himg)
     ccfg = replace(cfg, neg_px=cfg.corner_neg_px)
-    loss, _, count, _ = _descriptor_loss(out0, out1, c0, c0w, c1, ok0, ok1, wimg, himg, binary, ones, temperature, ccfg)
+    args = (wimg, himg, binary, ones, temperature, ccfg)
+    return _descriptor_loss_both_ways(out0, out1, H, c0, c0w, c1, ok0, ok1, all0, *args)[0]
+
+
+def _descriptor_loss_both_ways(out0, out1, H, p0, p0w, p1, ok0, ok1, all0, wimg, himg, binary, ones, temperature, cfg):
+    """:func:`_descriptor_loss` from the source anchors ``ok0`` and, with ``cfg.desc_symmetric``, from the target
+    anchors seen in the source crop, every source point of ``all0`` (in view of the target or not) a negative; the
+    mean of the directions that had anchors: (loss, anchors whose positive won, anchors used, reliability term)."""
+    loss, correct, count, rel = _descriptor_loss(
+        out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones, temperature, cfg
+    )
     if not cfg.desc_symmetric:
-        return loss
-    c1w = warp_points_torch(c1, torch.linalg.inv(H))
-    ok1_back = ok1 & _inside(c1w, wimg, himg, cfg.border_px)
-    ok0_all = m0 & _inside(c0, wimg, himg, cfg.border_px)
-    back, _, back_count, _ = _descriptor_loss(
-        out1, out0, c1, c1w, c0, ok1_back, ok0_all, wimg, himg, binary, ones, temperature, ccfg
+        return loss, correct, count, rel
+    p1w = warp_points_torch(p1, torch.linalg.inv(H))
+    ok1_back = ok1 & _inside(p1w, wimg, himg, cfg.border_px)
+    back, back_correct, back_count, back_rel = _descriptor_loss(
+        out1, out0, p1, p1w, p0, ok1_back, all0, wimg, himg, binary, ones, temperature, cfg
     )
     if count and back_count:
-        return 0.5 * (loss + back)
-    return back if back_count else loss
+        loss, rel = 0.5 * (loss + back), 0.5 * (rel + back_rel)
+    elif back_count:
+        loss, rel = back, back_rel
+    return loss, correct + back_correct, count + back_count, rel
 
 
 def _descriptor_loss(out0, out1, p0, p0w, p1, ok0, ok1, wimg, himg, binary, ones, temperature, cfg):
