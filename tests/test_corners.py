@@ -81,3 +81,13 @@ def test_extract_with_corners_describes_the_corners_as_describe_does() -> None:
     # the cell head's keypoints are others
     cells = zippy.load("zippyfast", detector="network").extract(image, 80)
     assert not np.array_equal(cells.keypoints[: len(kp)], f.keypoints[: len(cells.keypoints)])
+
+
+def test_the_corner_detector_works_with_the_other_engines() -> None:
+    image = textured(96, 128, seed=2)
+    ex = zippy.load("zippypoint_small", detector="corners")  # int8 or ONNX engine, whichever this CPU runs
+    f = ex.extract(image, 60)
+    kp, _ = detect_corners(grey_from_tensor(image.astype(np.float32) / 255), 60)
+    np.testing.assert_allclose(f.keypoints, kp, atol=1e-4)
+    np.testing.assert_array_equal(f.descriptors, ex.describe(image, f.keypoints, f.scores).descriptors)
+    assert f.descriptors.shape == (len(kp), 32) and len(kp) > 20
