@@ -551,3 +551,30 @@ def test_corner_descriptor_loss_trains_the_descriptors_at_the_corners(image_fold
     assert model.desc_head.weight.grad.abs().max() > 0
     with pytest.raises(ValueError, match="needs the views' corners"):
         pair_loss(o0, o1, batch["H"], batch["valid1"], cfg=cfg, **args)
+
+
+def test_corner_descriptor_loss_leaves_the_cell_score_reliability_term_to_the_cells(image_folder: Path) -> None:
+    """score_desc_weight weighs the cells' scores by their descriptors; corners have no cell score of their own, so
+    the corner loss is the same with it on (and the pair loss does not index the cell scores with corner masks)."""
+    from dataclasses import replace
+
+    from zippy.models import build_network, default_config
+    from zippy.train.data import AugmentConfig, HomographyPairs, list_images
+    from zippy.train.losses import LossConfig, pair_loss, split_views, view_corners
+
+    torch.manual_seed(1)
+    model = build_network(replace(default_config("zippyfast"), options=(("kp_head", "softmax"),))).eval()
+    ds = HomographyPairs(list_images(image_folder), AugmentConfig(height=64, width=96), seed=3)
+    items = [ds[i] for i in range(2)]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    with torch.no_grad():
+        o0, o1 = split_views(model(torch.cat([batch["image0"], batch["image1"]])), 2)
+    corners = view_corners(batch["image0"], 30), view_corners(batch["image1"], 30)
+    args = dict(binary=True, ones=64, temperature=0.5, corners=corners)
+    parts = [
+        pair_loss(
+            o0, o1, batch["H"], batch["valid1"], cfg=LossConfig(corner_desc_weight=1.0, score_desc_weight=w), **args
+        )[1]
+        for w in (0.0, 0.5)
+    ]
+    assert parts[0]["corner_desc"] > 0 and parts[1]["corner_desc"] == pytest.approx(parts[0]["corner_desc"], rel=1e-6)

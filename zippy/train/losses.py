@@ -206,7 +206,8 @@ def _corner_descriptor_loss(out0, out1, H, valid1, corners, binary, ones, temper
     all0 = m0 & _inside(c0, wimg, himg, cfg.border_px)
     ok0 = all0 & _inside(c0w, wimg, himg, cfg.border_px) & _valid_at(valid1, c0w.clamp(0, max(wimg, himg)), wimg, himg)
     ok1 = m1 & _inside(c1, wimg, himg, cfg.border_px) & _valid_at(valid1, c1, wimg, himg)
-    ccfg = replace(cfg, neg_px=cfg.corner_neg_px)
+    # no reliability term: it weighs the cells' scores, and corners have none of their own
+    ccfg = replace(cfg, neg_px=cfg.corner_neg_px, score_desc_weight=0.0)
     args = (wimg, himg, binary, ones, temperature, ccfg)
     return _descriptor_loss_both_ways(out0, out1, H, c0, c0w, c1, ok0, ok1, all0, *args)[0]
 
