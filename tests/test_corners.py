@@ -10,11 +10,11 @@ import pytest
 import zippy
 from tests.faults_helpers import textured
 from zippy.config import ExtractorConfig, add_extractor_arguments
-from zippy.corners import CornerConfig, detect_corners, grey_from_tensor
+from zippy.corners import CornerConfig, detect_corners, rgb_to_grey
 
 
 def _grey(h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:
-    return grey_from_tensor(textured(h, w, seed).astype(np.float32) / 255)
+    return rgb_to_grey(textured(h, w, seed).astype(np.float32) / 255)
 
 
 def test_corners_are_sorted_apart_and_scored_relative_to_the_strongest() -> None:
@@ -71,7 +71,7 @@ def test_extract_with_corners_describes_the_corners_as_describe_does() -> None:
     assert zippy.load("zippyfast").config.detector is None and zippy.load("zippypoint_small").detector == "network"
     image = textured(96, 128, seed=1)
     f = ex.extract(image, 80)
-    kp, sc = detect_corners(grey_from_tensor(image.astype(np.float32) / 255), 80)
+    kp, sc = detect_corners(rgb_to_grey(image.astype(np.float32) / 255), 80)
     np.testing.assert_allclose(f.keypoints, kp, atol=1e-4)
     np.testing.assert_allclose(f.scores, sc, rtol=1e-5)
     # the keypoint head left out: the same descriptors as the full network's at those points
@@ -87,7 +87,7 @@ def test_the_corner_detector_works_with_the_other_engines() -> None:
     image = textured(96, 128, seed=2)
     ex = zippy.load("zippypoint_small", detector="corners")  # int8 or ONNX engine, whichever this CPU runs
     f = ex.extract(image, 60)
-    kp, _ = detect_corners(grey_from_tensor(image.astype(np.float32) / 255), 60)
+    kp, _ = detect_corners(rgb_to_grey(image.astype(np.float32) / 255), 60)
     np.testing.assert_allclose(f.keypoints, kp, atol=1e-4)
     np.testing.assert_array_equal(f.descriptors, ex.describe(image, f.keypoints, f.scores).descriptors)
     assert f.descriptors.shape == (len(kp), 32) and len(kp) > 20

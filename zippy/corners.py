@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["CornerConfig", "detect_corners", "grey_from_tensor"]
+__all__ = ["CornerConfig", "detect_corners", "rgb_to_grey"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class CornerConfig:
             raise ValueError(f"quality must be in (0, 1), got {self.quality!r}")
 
 
-def grey_from_tensor(x: np.ndarray) -> np.ndarray:
+def rgb_to_grey(x: np.ndarray) -> np.ndarray:
     """float32 [H, W] grey image (ITU-R 601 weights, as OpenCV's RGB2GRAY) of an RGB float32 [H, W, 3] image."""
     return cv2.cvtColor(np.ascontiguousarray(x, np.float32), cv2.COLOR_RGB2GRAY)
 

@@ -24,7 +24,7 @@ from zippy.config import (
     check_scales,
     check_shifts,
 )
-from zippy.corners import detect_corners, grey_from_tensor
+from zippy.corners import detect_corners, rgb_to_grey
 from zippy.features import Features
 from zippy.image import resize_image, to_tensor
 from zippy.models import KeypointNet, ModelConfig, available, build_network, default_config
@@ -406,7 +406,7 @@ class Extractor:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         corners = given is None and self.detector == "corners"
         if corners:  # Shi-Tomasi corners of the (resized, shifted) image, before the padding
-            grey = grey_from_tensor(x[0, :, :h, :w].permute(1, 2, 0).numpy())
+            grey = rgb_to_grey(x[0, :, :h, :w].permute(1, 2, 0).numpy())
             pts, strength = detect_corners(grey, max_keypoints, threshold)
             given = torch.from_numpy(pts), torch.from_numpy(strength)
         # the int8 network computes its descriptors only at the selected keypoints (detect / describe)

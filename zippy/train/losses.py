@@ -187,12 +187,12 @@ def pair_loss(
 def view_corners(images: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``n`` strongest corners (:func:`zippy.corners.detect_corners`) of each image float [B, 3, H, W] in [0, 1]:
     points float [B, n, 2] (x, y) px, zero-padded, and present bool [B, n]."""
-    from zippy.corners import detect_corners, grey_from_tensor
+    from zippy.corners import detect_corners, rgb_to_grey
 
     pts = torch.zeros(images.shape[0], n, 2)
     present = torch.zeros(images.shape[0], n, dtype=torch.bool)
     for i, img in enumerate(images.detach().float()):
-        kp, _ = detect_corners(grey_from_tensor(img.permute(1, 2, 0).numpy()), n)
+        kp, _ = detect_corners(rgb_to_grey(img.permute(1, 2, 0).numpy()), n)
         pts[i, : len(kp)] = torch.from_numpy(kp)
         present[i, : len(kp)] = True
     return pts, present
